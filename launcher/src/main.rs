@@ -1,0 +1,99 @@
+//! The `ordermesh` binary: one image, many roles.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ordermesh_platform::certs::CertDir;
+use ordermesh_platform::config::MeshConfig;
+use ordermesh_platform::identity::workloads;
+
+#[derive(Parser)]
+#[command(
+    name = "ordermesh",
+    version,
+    about = "A Rust gRPC service mesh for order processing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Issue a dev mesh CA and a certificate per workload (kept if already present).
+    Certs {
+        #[arg(long, default_value = ".ordermesh/certs")]
+        dir: PathBuf,
+        #[arg(long, env = "ORDERMESH_TRUST_DOMAIN", default_value = MeshConfig::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = MeshConfig::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Istio resources derived from the contracts.
+    Istio {
+        #[command(subcommand)]
+        what: IstioCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IstioCommand {
+    /// Print the AuthorizationPolicies that the proto access options imply.
+    Policies {
+        #[arg(long, env = "ORDERMESH_TRUST_DOMAIN", default_value = MeshConfig::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = MeshConfig::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ordermesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Certs {
+            dir,
+            trust_domain,
+            namespace,
+        } => {
+            let certs = CertDir::new(&dir);
+            let issued = certs.ensure(&trust_domain, &namespace, workloads::ALL)?;
+            if issued.is_empty() {
+                println!("certificates in {} are up to date", dir.display());
+            } else {
+                println!("issued {} in {}", issued.join(", "), dir.display());
+            }
+            let op = certs.files_for(workloads::OPERATOR);
+            println!(
+                "grpcurl: -cacert {} -cert {} -key {}",
+                op.ca.display(),
+                op.cert.display(),
+                op.key.display()
+            );
+            Ok(())
+        }
+        Command::Istio {
+            what:
+                IstioCommand::Policies {
+                    trust_domain,
+                    namespace,
+                },
+        } => {
+            print!(
+                "{}",
+                ordermesh_platform::istio_policy::render(&trust_domain, &namespace)
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The runtime every ordermesh binary shares: configuration, mesh identity and mTLS,
+//! per-method authorization, telemetry (logs, traces, metrics) and the gRPC server and
+//! client builders. Services and the gateway build on this; it knows only the contracts.
+
+pub mod authz;
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod istio_policy;
+pub mod metrics;
+pub mod rpc_layer;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+pub mod user_context;

@@ -1,0 +1,150 @@
+//! Logs and traces. JSON logs carry the trace and span ids of the span they happen in;
+//! OpenTelemetry traces go over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
+//! exporter honours the standard `OTEL_EXPORTER_OTLP_*` variables, the resource
+//! `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`). W3C trace context is the propagator.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Flushes and shuts the tracer provider down when dropped (end of `main`).
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            eprintln!("trace flush failed: {e}");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Installs the global subscriber, propagator and tracer provider. Must run inside a Tokio
+/// runtime (the OTLP exporter needs one).
+pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service_name.to_string());
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let otlp_enabled = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .is_ok_and(|v| !v.trim().is_empty())
+        && std::env::var("OTEL_TRACES_EXPORTER").map_or(true, |v| v != "none");
+    if otlp_enabled {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    // Without an exporter the provider still mints real trace ids, so logs and
+    // propagation work the same with and without a collector.
+    let provider = builder.build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer("ordermesh");
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,aws_smithy_runtime=warn,aws_config=warn")
+    });
+    let fmt = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    if otlp_enabled {
+        tracing::info!("exporting traces over OTLP");
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// Reads W3C trace context from HTTP/gRPC headers. Binary (`-bin`) metadata is skipped.
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .map(http::HeaderName::as_str)
+            .filter(|k| !k.ends_with("-bin"))
+            .collect()
+    }
+}
+
+/// Writes W3C trace context into HTTP/gRPC headers.
+pub struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The remote parent carried by `headers`, if any.
+pub fn extract_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes the context of `span` into `headers`.
+pub fn inject_span(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
+}
+
+/// The trace id of `span` as 32 hex digits (all zeros when tracing is off).
+pub fn trace_id_of(span: &tracing::Span) -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.context().span().span_context().trace_id().to_string()
+}

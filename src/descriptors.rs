@@ -1,0 +1,166 @@
+//! Typed access to the embedded descriptors: every RPC with its HTTP binding and access rule.
+
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, MethodDescriptor};
+
+use crate::google::api::HttpRule;
+use crate::options::{AccessRule, Audience};
+
+/// Packages whose services ordermesh serves (the rest of the pool is their imports).
+pub const SERVED_PACKAGES: &[&str] = &[
+    "ordermesh.user.v1",
+    "ordermesh.order.v1",
+    "ordermesh.payment.v1",
+    "ordermesh.audit.v1",
+];
+
+/// One RPC as the contracts describe it.
+#[derive(Debug, Clone)]
+pub struct MethodInfo {
+    /// The gRPC path, `/ordermesh.order.v1.OrderService/GetOrder`.
+    pub path: String,
+    /// Fully qualified service name, `ordermesh.order.v1.OrderService`.
+    pub service: String,
+    /// Method name, `GetOrder`.
+    pub method: String,
+    /// Proto package, `ordermesh.order.v1`.
+    pub package: String,
+    pub audience: Audience,
+    /// Mesh workload names allowed to call the method.
+    pub callers: Vec<String>,
+    pub http: Option<HttpRule>,
+    pub server_streaming: bool,
+    pub client_streaming: bool,
+    pub descriptor: MethodDescriptor,
+}
+
+impl MethodInfo {
+    pub fn allows_caller(&self, workload: &str) -> bool {
+        self.callers.iter().any(|c| c == workload)
+    }
+}
+
+/// The descriptor pool of every contract. Decoding an embedded, build-time-checked constant
+/// cannot fail unless the build itself is broken, which the crate's tests catch.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(crate::FILE_DESCRIPTOR_SET)
+            .expect("embedded descriptor set is valid (checked by tests)")
+    })
+}
+
+/// Every RPC of every served package, in declaration order.
+pub fn methods() -> &'static [MethodInfo] {
+    static METHODS: OnceLock<Vec<MethodInfo>> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let pool = pool();
+        let http_ext = pool.get_extension_by_name("google.api.http");
+        let access_ext = pool.get_extension_by_name("ordermesh.options.v1.access");
+        let mut out = Vec::new();
+        for service in pool.services() {
+            if !SERVED_PACKAGES.contains(&service.package_name()) {
+                continue;
+            }
+            for method in service.methods() {
+                let options = method.options();
+                let http = http_ext
+                    .as_ref()
+                    .filter(|ext| options.has_extension(ext))
+                    .and_then(|ext| {
+                        options
+                            .get_extension(ext)
+                            .as_message()
+                            .and_then(|m| m.transcode_to::<HttpRule>().ok())
+                    });
+                let access = access_ext
+                    .as_ref()
+                    .filter(|ext| options.has_extension(ext))
+                    .and_then(|ext| {
+                        options
+                            .get_extension(ext)
+                            .as_message()
+                            .and_then(|m| m.transcode_to::<AccessRule>().ok())
+                    })
+                    .unwrap_or_default();
+                out.push(MethodInfo {
+                    path: format!("/{}/{}", service.full_name(), method.name()),
+                    service: service.full_name().to_string(),
+                    method: method.name().to_string(),
+                    package: service.package_name().to_string(),
+                    audience: access.audience(),
+                    callers: access.callers.clone(),
+                    http,
+                    server_streaming: method.is_server_streaming(),
+                    client_streaming: method.is_client_streaming(),
+                    descriptor: method,
+                });
+            }
+        }
+        out
+    })
+}
+
+/// The RPC served at a gRPC path, if any.
+pub fn method_by_path(path: &str) -> Option<&'static MethodInfo> {
+    methods().iter().find(|m| m.path == path)
+}
+
+/// The RPCs of one fully qualified service.
+pub fn methods_of_service(service: &str) -> impl Iterator<Item = &'static MethodInfo> {
+    methods().iter().filter(move |m| m.service == service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::google::api::http_rule::Pattern;
+
+    #[test]
+    fn every_method_has_an_access_rule_with_callers() {
+        assert!(methods().len() >= 25, "found {} methods", methods().len());
+        for m in methods() {
+            assert_ne!(
+                m.audience,
+                Audience::Unspecified,
+                "{} has no audience",
+                m.path
+            );
+            assert!(!m.callers.is_empty(), "{} names no callers", m.path);
+        }
+    }
+
+    #[test]
+    fn http_bindings_survive_the_build() {
+        let get_order = method_by_path("/ordermesh.order.v1.OrderService/GetOrder").unwrap();
+        let rule = get_order.http.as_ref().unwrap();
+        assert_eq!(
+            rule.pattern,
+            Some(Pattern::Get("/v1/{name=orders/*}".into()))
+        );
+        let cancel = method_by_path("/ordermesh.order.v1.OrderService/CancelOrder").unwrap();
+        assert_eq!(
+            cancel.http.as_ref().unwrap().pattern,
+            Some(Pattern::Post("/v1/{name=orders/*}:cancel".into()))
+        );
+    }
+
+    #[test]
+    fn internal_methods_have_no_http_binding_and_public_ones_do() {
+        for m in methods() {
+            match m.audience {
+                Audience::Internal => assert!(m.http.is_none(), "{} is internal", m.path),
+                _ => assert!(m.http.is_some(), "{} needs an HTTP binding", m.path),
+            }
+        }
+        let charge = method_by_path("/ordermesh.payment.v1.PaymentService/Charge").unwrap();
+        assert_eq!(charge.callers, vec!["order-service".to_string()]);
+    }
+
+    #[test]
+    fn tail_is_server_streaming() {
+        let tail = method_by_path("/ordermesh.audit.v1.AuditService/TailEvents").unwrap();
+        assert!(tail.server_streaming && !tail.client_streaming);
+    }
+}

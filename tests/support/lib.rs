@@ -1,0 +1,12 @@
+//! Helpers shared by the end-to-end tests: repository paths, dev certificates, loopback
+//! listeners.
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}

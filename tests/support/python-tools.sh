@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the venv with the Python tools the tests use: moto's DynamoDB-compatible
+# server for the DynamoDB storage tests. Pinned, installed from the package registry.
+set -euo pipefail
+venv="${ORDERMESH_PY_VENV:-$HOME/.cache/ordermesh-venv}"
+stamp="$venv/.ordermesh-tools-v1"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+touch "$stamp"
