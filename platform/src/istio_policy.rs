@@ -88,7 +88,10 @@ pub fn render(trust_domain: &str, namespace: &str) -> String {
         "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  \
          name: {gw}\n  namespace: {namespace}\nspec:\n  selector:\n    matchLabels:\n      \
          app: {gw}\n  action: ALLOW\n  rules:\n    - from:\n        - source:\n            \
-         principals: [\"{INGRESS_PRINCIPAL}\"]\n",
+         principals: [\"{INGRESS_PRINCIPAL}\"]\n    \
+         # istiod fetches the JWKS for RequestAuthentication without a mesh identity.\n    \
+         - to:\n        - operation:\n            methods: [\"GET\"]\n            \
+         paths: [\"/.well-known/jwks.json\"]\n",
         gw = workloads::GATEWAY
     );
     out

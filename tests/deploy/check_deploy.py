@@ -1,0 +1,959 @@
+#!/usr/bin/env python3
+"""Checks the deploy side of ordermesh without a cluster or a helm binary.
+
+Lints and renders deploy/helm/ordermesh (helm-python-sdk, the Helm v4 engine) for several
+value sets, validates every rendered manifest against the Kubernetes OpenAPI schemas
+(kubernetes-validate, strict), validates every Istio resource against the CRD schemas in
+../shared/schemas/istio-crds.yaml (strict about unknown fields, and evaluating the CEL rules
+it knows), and checks what must agree across the chart, the Istio manifests and the
+binary's contract. One line per check; the last line is "N passed, M failed".
+
+Run through tests/deploy/run.sh, which prepares the virtualenv.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import os
+import re
+import sys
+import urllib.parse
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import kubernetes_validate.utils
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "ordermesh"
+ISTIO = REPO / "istio"
+SHARED = Path(os.environ.get("ORDERMESH_SHARED_DIR") or REPO.parent / "shared")
+CRDS = SHARED / "schemas" / "istio-crds.yaml"
+
+RELEASE = "ordermesh"
+NAMESPACE = "ordermesh"
+# role -> workload (= Service = ServiceAccount = mesh identity)
+ROLES = {
+    "user": "user-service",
+    "order": "order-service",
+    "payment": "payment-service",
+    "audit": "audit-service",
+    "gateway": "edge-gateway",
+}
+SERVICES = [w for r, w in ROLES.items() if r != "gateway"]
+GRPC_PORT, HEALTH_PORT, METRICS_PORT, HTTP_PORT = 50051, 50060, 9090, 8080
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the pinned
+# kubernetes-validate ships schemas for.
+KUBE_MIN = "1.31"
+KUBE_LATEST = kubernetes_validate.utils.latest_version()
+ISTIO_API_VERSIONS = {"security.istio.io/v1", "networking.istio.io/v1", "telemetry.istio.io/v1"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+# Value sets the chart is rendered with: name -> (values, mtls mode, store backend)
+VARIANTS = {
+    "default": {},
+    "istio": yaml.safe_load((CHART / "values-istio.yaml").read_text()),
+    "embedded+cert-manager": {
+        "store": {"backend": "embedded"},
+        "mtls": {"certManager": {"enabled": True}},
+        "jwt": {"signingKey": {"create": False, "secretName": "jwt-key"}},
+        "roles": {
+            "gateway": {"autoscaling": {"enabled": False}, "replicas": 3,
+                        "service": {"type": "LoadBalancer"}},
+            "audit": {"tlsSecretName": "audit-mesh-cert"},
+        },
+    },
+    "dynamodb-local+credentials": {
+        "store": {"dynamodb": {"endpoint": "http://dynamodb-local:8000",
+                               "credentialsSecret": "aws-credentials"}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
+        "telemetry": {"otlpEndpoint": "", "resourceAttributes": "deployment.environment=test"},
+        "defaults": {"preStopSleepSeconds": 0},
+    },
+}
+
+
+class Report:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, problems: list[str]) -> None:
+        if problems:
+            self.failed += 1
+            print(f"FAIL  {name}")
+            for p in problems[:25]:
+                print(f"        - {p}")
+            if len(problems) > 25:
+                print(f"        ... and {len(problems) - 25} more")
+        else:
+            self.passed += 1
+            print(f"ok    {name}")
+
+    @staticmethod
+    def skip(name: str, why: str) -> None:
+        print(f"skip  {name}: {why}")
+
+
+def load_yaml_docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def ident(obj: dict) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ----------------------------------------------------------------------------- Istio CRDs
+
+GO_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ns|us|µs|ms|s|m|h)")
+GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+UNEVALUATED_CEL: set[str] = set()
+
+
+def go_duration(value: object) -> float | None:
+    if not isinstance(value, str) or not value or GO_DURATION_PART.sub("", value):
+        return None
+    return sum(float(n) * GO_UNITS[u] for n, u in GO_DURATION_PART.findall(value))
+
+
+def cel(rule: str, inst: object) -> bool | None:
+    """The CEL rules of the Istio CRDs this check can evaluate; None for the others."""
+    r = " ".join(rule.split())
+    if r == "duration(self) >= duration('1ms')":
+        d = go_duration(inst)
+        return d is not None and d >= 1e-3
+    if r == '!self.contains("*")':
+        return "*" not in str(inst)
+    if r == 'self.all(key, !key.contains("*"))':
+        return all("*" not in k for k in inst)
+    if r == "self.all(key, key.size() != 0)":
+        return all(len(k) for k in inst)
+    if r == "self.all(key, 0 < int(key) && int(key) <= 65535)":
+        try:
+            return all(0 < int(k) <= 65535 for k in inst)
+        except ValueError:
+            return False
+    if r == 'url(self).getScheme() in ["http", "https"]':
+        return urllib.parse.urlparse(str(inst)).scheme in ("http", "https")
+    if re.fullmatch(r"(\(has\(self\.\w+\) \? 1 : 0\)( \+ )?)+ <= 1", r):
+        return sum(f in inst for f in re.findall(r"has\(self\.(\w+)\)", r)) <= 1
+    if r.startswith("(has(self.serviceAccounts) || has(self.notServiceAccounts)) ?"):
+        return not ({"serviceAccounts", "notServiceAccounts"} & set(inst)) or not (
+            {"principals", "notPrincipals", "namespaces", "notNamespaces"} & set(inst))
+    if r.startswith("has(self.portLevelMtls) ?"):
+        return "portLevelMtls" not in inst or bool((inst.get("selector") or {}).get("matchLabels"))
+    UNEVALUATED_CEL.add(r)
+    return None
+
+
+def _x_validations(validator, rules, instance, schema):
+    for rule in rules:
+        if cel(rule["rule"], instance) is False:
+            yield jsonschema.ValidationError(rule.get("message") or f"CEL rule failed: {rule['rule']}")
+
+
+CrdValidator = jsonschema.validators.extend(
+    jsonschema.Draft7Validator, {"x-kubernetes-validations": _x_validations})
+
+
+def strict_schema(s: object) -> object:
+    """Unknown fields are pruned by the API server (or refused with strict field validation):
+    make them an error here, except where the schema preserves unknown fields."""
+    if not isinstance(s, dict):
+        return s
+    s = dict(s)
+    if isinstance(s.get("properties"), dict):
+        s["properties"] = {k: strict_schema(v) for k, v in s["properties"].items()}
+        if not s.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in s:
+            s["additionalProperties"] = False
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(s.get(key), dict):
+            s[key] = strict_schema(s[key])
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(s.get(key), list):
+            s[key] = [strict_schema(x) for x in s[key]]
+    return s
+
+
+def load_crds() -> dict[tuple[str, str, str], dict]:
+    crds = {}
+    for doc in load_yaml_docs(CRDS.read_text()):
+        if doc.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = doc["spec"]
+        for v in spec["versions"]:
+            if v.get("served"):
+                schema = v["schema"]["openAPIV3Schema"]
+                crds[(spec["group"], v["name"], spec["names"]["kind"])] = strict_schema(schema)
+    return crds
+
+
+def validate_istio(obj: dict, crds: dict) -> list[str]:
+    where = ident(obj)
+    group, _, version = obj.get("apiVersion", "").rpartition("/")
+    schema = crds.get((group, version, obj.get("kind")))
+    if schema is None:
+        return [f"{where}: no served CRD version for {obj.get('apiVersion')} {obj.get('kind')}"]
+    problems = []
+    if obj["apiVersion"] not in ISTIO_API_VERSIONS:
+        problems.append(f"{where}: use the v1 API ({obj['apiVersion']} is not current)")
+    extra = set(obj) - {"apiVersion", "kind", "metadata", "spec", "status"}
+    if extra:
+        problems.append(f"{where}: unknown top-level fields {sorted(extra)}")
+    name = obj.get("metadata", {}).get("name", "")
+    if not DNS1123_SUBDOMAIN.match(name):
+        problems.append(f"{where}: metadata.name is not a DNS-1123 subdomain")
+    instance = {k: obj[k] for k in ("spec", "status") if k in obj}
+    for err in sorted(CrdValidator(schema).iter_errors(instance), key=lambda e: list(e.path)):
+        path = ".".join(str(p) for p in err.path)
+        problems.append(f"{where}: {path}: {err.message}")
+    return problems
+
+
+# --------------------------------------------------------------------- Kubernetes schemas
+
+# Each validate() call re-reads the schema files; they never change during a run.
+kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
+    kubernetes_validate.utils.schema_contents)
+
+
+def validate_kube(obj: dict, crds: dict) -> list[str]:
+    api = obj.get("apiVersion", "")
+    if api.split("/")[0].endswith("istio.io"):
+        return validate_istio(obj, crds)
+    if api == "cert-manager.io/v1" and obj.get("kind") == "Certificate":
+        return check_certificate(obj)
+    problems = []
+    for version in (KUBE_MIN, KUBE_LATEST):
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            problems.append(f"{ident(obj)} (k8s {version}): {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            problems.append(f"{ident(obj)}: {e.message}")
+    return problems
+
+
+def check_certificate(obj: dict) -> list[str]:
+    """No schema ships for cert-manager here: check the fields the mesh depends on."""
+    spec, where = obj.get("spec", {}), ident(obj)
+    problems = [f"{where}: missing spec.{k}" for k in ("secretName", "issuerRef", "uris") if not spec.get(k)]
+    usages = {"client auth"} if obj["metadata"]["name"] == "operator" else {"client auth", "server auth"}
+    if not set(spec.get("usages", [])) >= usages:
+        problems.append(f"{where}: usages must include {sorted(usages)}")
+    if "server auth" in usages and not spec.get("dnsNames"):
+        problems.append(f"{where}: a server certificate needs the Service's DNS names")
+    return problems
+
+
+# ------------------------------------------------------------------------ rendered chart
+
+class Rendered:
+    def __init__(self, values: dict, objects: list[dict]) -> None:
+        self.values = values
+        self.objects = objects
+
+    def all(self, kind: str) -> list[dict]:
+        return [o for o in self.objects if o.get("kind") == kind]
+
+    def get(self, kind: str, name: str) -> dict | None:
+        return next((o for o in self.all(kind) if o["metadata"]["name"] == name), None)
+
+    def deployments(self):
+        for role, workload in ROLES.items():
+            dep = self.get("Deployment", workload)
+            if dep:
+                yield role, workload, dep
+
+    @property
+    def istio(self) -> bool:
+        return self.values["mtls"]["mode"] == "istio"
+
+    @property
+    def backend(self) -> str:
+        return self.values["store"]["backend"]
+
+
+def container(dep: dict) -> dict:
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def pod_labels(dep: dict) -> dict:
+    return dep["spec"]["template"]["metadata"].get("labels", {})
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def effective_env(r: Rendered, dep: dict) -> dict[str, object]:
+    """Environment the container sees: envFrom ConfigMaps (by value), then env."""
+    env: dict[str, object] = {}
+    c = container(dep)
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            cm = r.get("ConfigMap", src["configMapRef"]["name"])
+            env.update((cm or {}).get("data", {}))
+    for e in c.get("env", []):
+        env[e["name"]] = e.get("value", e.get("valueFrom"))
+    return env
+
+
+def check_workloads(r: Rendered) -> list[str]:
+    problems = []
+    for role, workload in ROLES.items():
+        single = r.backend == "embedded" and role != "gateway"
+        wanted = ["Deployment", "Service", "ServiceAccount"]
+        if not single:
+            cfg = deep_merge(r.values["defaults"], r.values["roles"].get(role) or {})
+            wanted += ["HorizontalPodAutoscaler"] if cfg["autoscaling"]["enabled"] else []
+            wanted += ["PodDisruptionBudget"] if cfg["pdb"]["enabled"] else []
+        for kind in wanted:
+            if not r.get(kind, workload):
+                problems.append(f"{workload}: no {kind}")
+        dep, svc, hpa, pdb = (r.get(k, workload) for k in
+                              ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"))
+        if not dep:
+            continue
+        labels = pod_labels(dep)
+        spec = dep["spec"]
+        if not selects(spec["selector"]["matchLabels"], labels):
+            problems.append(f"{workload}: Deployment selector does not match its pod labels")
+        if labels.get("app") != workload:
+            problems.append(f"{workload}: pod label app={workload} missing (Istio selectors use it)")
+        if spec["template"]["spec"].get("serviceAccountName") != workload:
+            problems.append(f"{workload}: pods do not run as ServiceAccount {workload}")
+        if svc and not selects(svc["spec"]["selector"], labels):
+            problems.append(f"{workload}: Service selector does not match the pods")
+        if pdb and not selects(pdb["spec"]["selector"]["matchLabels"], labels):
+            problems.append(f"{workload}: PDB selector does not match the pods")
+        if hpa:
+            ref = hpa["spec"]["scaleTargetRef"]
+            if (ref["kind"], ref["name"]) != ("Deployment", workload):
+                problems.append(f"{workload}: HPA targets {ref['kind']}/{ref['name']}")
+            names = {c["name"] for c in spec["template"]["spec"]["containers"]}
+            for m in hpa["spec"].get("metrics", []):
+                if m["type"] == "ContainerResource" and m["containerResource"]["container"] not in names:
+                    problems.append(f"{workload}: HPA metric names a container the pod lacks")
+            if "replicas" in spec:
+                problems.append(f"{workload}: Deployment sets replicas although an HPA scales it")
+        if single and (spec.get("replicas") != 1 or hpa or pdb
+                       or spec.get("strategy", {}).get("type") != "Recreate"):
+            problems.append(f"{workload}: embedded store needs 1 replica, Recreate, no HPA/PDB")
+        args = container(dep).get("args", [])
+        if args != ["serve", role]:
+            problems.append(f"{workload}: args {args}, want ['serve', '{role}']")
+    images = {c["image"] for o in r.objects if o["kind"] in ("Deployment", "Job")
+              for c in o["spec"]["template"]["spec"]["containers"]}
+    if len(images) != 1:
+        problems.append(f"every role must run the one image, found {sorted(images)}")
+    return problems
+
+
+def check_ports_and_probes(r: Rendered) -> list[str]:
+    problems = []
+    for role, workload, dep in r.deployments():
+        c = container(dep)
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        svc = r.get("Service", workload) or {"spec": {"ports": []}}
+        svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        if role == "gateway":
+            if ports != {"http": HTTP_PORT}:
+                problems.append(f"{workload}: container ports {ports}, want only http:{HTTP_PORT}")
+            if set(svc_ports) != {"http"} or svc_ports["http"]["port"] != HTTP_PORT:
+                problems.append(f"{workload}: Service must expose only http:{HTTP_PORT}")
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                get = c.get(probe, {}).get("httpGet", {})
+                if get.get("path") != path or get.get("port") not in ("http", HTTP_PORT):
+                    problems.append(f"{workload}: {probe} must be httpGet {path} on http")
+            continue
+        want = {"grpc": GRPC_PORT, "grpc-health": HEALTH_PORT, "http-metrics": METRICS_PORT}
+        if ports != want:
+            problems.append(f"{workload}: container ports {ports}, want {want}")
+        grpc = svc_ports.get("grpc")
+        if not grpc or grpc["port"] != GRPC_PORT or grpc.get("appProtocol") != "grpc":
+            problems.append(f"{workload}: Service needs port grpc:{GRPC_PORT} with appProtocol grpc")
+        if grpc and grpc.get("targetPort") not in ("grpc", GRPC_PORT):
+            problems.append(f"{workload}: Service grpc port targets {grpc.get('targetPort')}")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if c.get(probe, {}).get("grpc", {}).get("port") != HEALTH_PORT:
+                problems.append(f"{workload}: {probe} must be a native gRPC probe on {HEALTH_PORT}")
+        env = effective_env(r, dep)
+        for var, port in (("ORDERMESH_GRPC_ADDR", GRPC_PORT), ("ORDERMESH_HEALTH_ADDR", HEALTH_PORT),
+                          ("ORDERMESH_METRICS_ADDR", METRICS_PORT)):
+            if env.get(var) != f"0.0.0.0:{port}":
+                problems.append(f"{workload}: {var}={env.get(var)!r}, want 0.0.0.0:{port}")
+    return problems
+
+
+def check_security(r: Rendered) -> list[str]:
+    problems = []
+    pods = [(ident(o), o["spec"]["template"]["spec"]) for o in r.objects
+            if o["kind"] in ("Deployment", "Job")]
+    for where, pod in pods:
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: pod needs runAsNonRoot and seccomp RuntimeDefault")
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken should be false")
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            sc = c.get("securityContext", {})
+            if not (sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+                    and sc.get("capabilities", {}).get("drop") == ["ALL"]):
+                problems.append(f"{where}: container needs readOnlyRootFilesystem, no privilege "
+                                "escalation, drop ALL")
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                if not {"cpu", "memory"} <= set(res.get(kind, {})):
+                    problems.append(f"{where}: resources.{kind} needs cpu and memory")
+            tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
+                problems.append(f"{where}: /tmp must be an emptyDir (read-only root filesystem)")
+    return problems
+
+
+def check_environment(r: Rendered) -> list[str]:
+    problems = []
+    scheme = "http" if r.istio else "https"
+    services = {s["metadata"]["name"]: s for s in r.all("Service")}
+    for role, workload, dep in r.deployments():
+        env = effective_env(r, dep)
+        ns = env.get("ORDERMESH_NAMESPACE")
+        if not (isinstance(ns, dict) and ns.get("fieldRef", {}).get("fieldPath") == "metadata.namespace"):
+            problems.append(f"{workload}: ORDERMESH_NAMESPACE must come from metadata.namespace")
+        expect = {
+            "ORDERMESH_MTLS_MODE": r.values["mtls"]["mode"],
+            "ORDERMESH_TRUST_DOMAIN": r.values["mtls"]["trustDomain"],
+            "OTEL_SERVICE_NAME": workload,
+            "ORDERMESH_STORE": r.backend,
+            "ORDERMESH_JWT_ISSUER": r.values["jwt"]["issuer"],
+            "ORDERMESH_JWT_AUDIENCE": r.values["jwt"]["audience"],
+        }
+        if r.backend == "dynamodb":
+            expect["AWS_REGION"] = r.values["store"]["dynamodb"]["region"]
+            expect["ORDERMESH_DYNAMODB_TABLE_PREFIX"] = r.values["store"]["dynamodb"]["tablePrefix"]
+        else:
+            expect["ORDERMESH_DATA_DIR"] = r.values["store"]["embedded"]["dataDir"]
+        for var, want in expect.items():
+            if env.get(var) != want:
+                problems.append(f"{workload}: {var}={env.get(var)!r}, want {want!r}")
+        for other_role, other in ROLES.items():
+            if other_role == "gateway":
+                continue
+            var = f"ORDERMESH_{other_role.upper()}_ENDPOINT"
+            value = str(env.get(var, ""))
+            for endpoint in filter(None, value.split(",")):
+                u = urllib.parse.urlparse(endpoint.strip())
+                svc = services.get(u.hostname or "")
+                if u.scheme != scheme or not svc or u.port not in [p["port"] for p in svc["spec"]["ports"]
+                                                                    if p["name"] == "grpc"]:
+                    problems.append(f"{workload}: {var}={value!r} is not {scheme}://<service>:{GRPC_PORT}")
+            if not value:
+                problems.append(f"{workload}: {var} is not set")
+        defined: set[str] = set()
+        for src in container(dep).get("envFrom", []):
+            cm = r.get("ConfigMap", src.get("configMapRef", {}).get("name", ""))
+            defined |= set((cm or {}).get("data", {}))
+        for e in container(dep).get("env", []):
+            for ref in re.findall(r"\$\((\w+)\)", str(e.get("value", ""))):
+                if ref not in defined:
+                    problems.append(f"{workload}: {e['name']} uses $({ref}) before it is defined")
+            defined.add(e["name"])
+        creds = r.values["store"]["dynamodb"]["credentialsSecret"]
+        from_secrets = [s["secretRef"]["name"] for s in container(dep).get("envFrom", []) if "secretRef" in s]
+        if creds and r.backend == "dynamodb" and role != "gateway" and from_secrets != [creds]:
+            problems.append(f"{workload}: AWS credentials Secret {creds} not in envFrom")
+    return problems
+
+
+def check_mtls(r: Rendered) -> list[str]:
+    problems = []
+    certs = {c["metadata"]["name"]: c for c in r.all("Certificate")}
+    for role, workload, dep in r.deployments():
+        pod = dep["spec"]["template"]
+        env = effective_env(r, dep)
+        inject = pod["metadata"]["labels"].get("sidecar.istio.io/inject")
+        mounts = {m["name"]: m for m in container(dep).get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        tls_env = {k: v for k, v in env.items() if k.startswith("ORDERMESH_TLS_")}
+        tls_secrets = [v["secret"]["secretName"] for v in volumes.values()
+                       if "secret" in v and {"tls.crt", "tls.key"} & {i["key"] for i in v["secret"].get("items", [])}]
+        if r.istio:
+            if inject != "true":
+                problems.append(f"{workload}: istio mode needs pod label sidecar.istio.io/inject=true")
+            if tls_env or tls_secrets:
+                problems.append(f"{workload}: istio mode must not mount TLS Secrets or set ORDERMESH_TLS_*")
+            if "holdApplicationUntilProxyStarts" not in pod["metadata"].get("annotations", {}).get(
+                    "proxy.istio.io/config", ""):
+                problems.append(f"{workload}: start the app only once its sidecar is ready")
+            continue
+        if inject != "false":
+            problems.append(f"{workload}: builtin mode needs pod label sidecar.istio.io/inject=false")
+        cfg = deep_merge(r.values["defaults"], r.values["roles"].get(role) or {})
+        want_secret = cfg["tlsSecretName"] or f"{RELEASE}-{workload}-tls"
+        if tls_secrets != [want_secret]:
+            problems.append(f"{workload}: TLS Secret mounts {tls_secrets}, want [{want_secret}]")
+            continue
+        vol = next(n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == want_secret)
+        if vol not in mounts:
+            problems.append(f"{workload}: TLS volume not mounted")
+            continue
+        base = mounts[vol]["mountPath"].rstrip("/")
+        for var, key in (("ORDERMESH_TLS_CA", "ca.crt"), ("ORDERMESH_TLS_CERT", "tls.crt"),
+                         ("ORDERMESH_TLS_KEY", "tls.key")):
+            if env.get(var) != f"{base}/{key}":
+                problems.append(f"{workload}: {var}={env.get(var)!r}, want {base}/{key}")
+        if r.values["mtls"]["certManager"]["enabled"]:
+            cert = certs.get(workload, {}).get("spec", {})
+            spiffe = f"spiffe://{r.values['mtls']['trustDomain']}/ns/{NAMESPACE}/sa/{workload}"
+            if cert.get("secretName") != want_secret or cert.get("uris") != [spiffe] \
+                    or workload not in cert.get("dnsNames", []):
+                problems.append(f"{workload}: Certificate must write {want_secret} with URI SAN {spiffe}")
+    if r.istio or not r.values["mtls"]["certManager"]["enabled"]:
+        if certs:
+            problems.append("Certificates rendered although cert-manager is off or Istio does mTLS")
+    return problems
+
+
+def check_jwt(r: Rendered) -> list[str]:
+    problems = []
+    key = r.values["jwt"]["signingKey"]
+    secret_name = key["secretName"] or f"{RELEASE}-jwt-signing-key"
+    for role, workload, dep in r.deployments():
+        env = effective_env(r, dep)
+        volumes = dep["spec"]["template"]["spec"].get("volumes", [])
+        mounted = [v for v in volumes if v.get("secret", {}).get("secretName") == secret_name]
+        if role != "user":
+            if mounted or "ORDERMESH_JWT_SIGNING_KEY_FILE" in env:
+                problems.append(f"{workload}: only user-service may see the signing key")
+            continue
+        mounts = {m["name"]: m["mountPath"] for m in container(dep).get("volumeMounts", [])}
+        if len(mounted) != 1 or mounted[0]["name"] not in mounts:
+            problems.append(f"user-service: signing key Secret {secret_name} is not mounted")
+            continue
+        want = f"{mounts[mounted[0]['name']].rstrip('/')}/{key['secretKey']}"
+        if env.get("ORDERMESH_JWT_SIGNING_KEY_FILE") != want:
+            problems.append(f"user-service: ORDERMESH_JWT_SIGNING_KEY_FILE should be {want}")
+    secret = r.get("Secret", secret_name)
+    if key["create"]:
+        pem = (secret or {}).get("data", {}).get(key["secretKey"], "")
+        text = base64.b64decode(pem).decode() if pem else ""
+        if not text.startswith("-----BEGIN PRIVATE KEY-----"):
+            problems.append(f"Secret {secret_name} must hold a PKCS#8 PEM under {key['secretKey']}")
+        elif secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") != "keep":
+            problems.append(f"Secret {secret_name} must be kept on uninstall (tokens outlive releases)")
+    elif secret:
+        problems.append(f"Secret {secret_name} rendered although jwt.signingKey.create is false")
+    return problems
+
+
+def check_tables_job(r: Rendered) -> list[str]:
+    jobs = r.all("Job")
+    if r.backend != "dynamodb":
+        return [f"{ident(j)} rendered for the embedded store" for j in jobs]
+    if len(jobs) != 1:
+        return [f"want one tables Job, found {len(jobs)}"]
+    job, problems = jobs[0], []
+    hooks = job["metadata"].get("annotations", {})
+    if set(hooks.get("helm.sh/hook", "").split(",")) != {"pre-install", "pre-upgrade"}:
+        problems.append("Job must be a pre-install,pre-upgrade hook")
+    pod = job["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    if c.get("args") != ["tables", "create"]:
+        problems.append(f"Job args {c.get('args')}, want ['tables', 'create']")
+    if pod["metadata"].get("labels", {}).get("sidecar.istio.io/inject") != "false":
+        problems.append("Job pod must opt out of sidecar injection (a sidecar never exits)")
+    if any("configMapRef" in s for s in c.get("envFrom", [])):
+        problems.append("Job must not read the ConfigMap: hooks run before it exists")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    if env.get("ORDERMESH_STORE") != "dynamodb" or not env.get("AWS_REGION"):
+        problems.append("Job needs ORDERMESH_STORE=dynamodb and AWS_REGION")
+    endpoint = r.values["store"]["dynamodb"]["endpoint"]
+    if endpoint and env.get("AWS_ENDPOINT_URL_DYNAMODB") != endpoint:
+        problems.append("Job ignores store.dynamodb.endpoint")
+    sa = r.get("ServiceAccount", pod["spec"].get("serviceAccountName", ""))
+    if not sa:
+        problems.append("Job's ServiceAccount is not rendered")
+    else:
+        sa_hooks = sa["metadata"].get("annotations", {})
+        if "pre-install" not in sa_hooks.get("helm.sh/hook", "") or \
+                int(sa_hooks.get("helm.sh/hook-weight", 0)) >= int(hooks.get("helm.sh/hook-weight", 0)):
+            problems.append("Job's ServiceAccount must be a hook created before the Job")
+    return problems
+
+
+def render(chart, values: dict) -> list[dict]:
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path in sorted(out):
+        if path.endswith(".yaml"):
+            objects += load_yaml_docs(out[path])
+    return objects
+
+
+# ------------------------------------------------------------------------ Istio manifests
+
+def check_istio(report: Report, crds: dict, istio_render: Rendered) -> None:
+    files = sorted(p for p in ISTIO.glob("*.yaml") if p.name != "kustomization.yaml")
+    docs: dict[str, list[dict]] = {}
+    for path in files:
+        try:
+            docs[path.name] = load_yaml_docs(path.read_text())
+        except yaml.YAMLError as e:
+            report.check(f"istio/{path.name}: parses", [str(e)])
+            continue
+        problems = []
+        for obj in docs[path.name]:
+            problems += validate_istio(obj, crds)
+            if obj.get("metadata", {}).get("namespace") != NAMESPACE:
+                problems.append(f"{ident(obj)}: namespace must be {NAMESPACE}")
+        report.check(f"istio/{path.name}: {len(docs[path.name])} resources valid against the Istio CRDs",
+                     problems)
+
+    kust = yaml.safe_load((ISTIO / "kustomization.yaml").read_text())
+    listed = kust.get("resources", [])
+    problems = [f"{p.name} not listed" for p in files if p.name not in listed]
+    problems += [f"{n} listed but missing" for n in listed
+                 if not (ISTIO / n).exists() and n != "authorization-policies.yaml"]
+    if kust.get("namespace") != NAMESPACE:
+        problems.append(f"namespace must be {NAMESPACE}")
+    report.check("istio/kustomization.yaml lists every manifest", problems)
+
+    objs = [o for d in docs.values() for o in d]
+
+    def of(kind):
+        return [o for o in objs if o.get("kind") == kind]
+
+    labels = {w: pod_labels(d) for _, w, d in istio_render.deployments()}
+    fqdn = {w: f"{w}.{NAMESPACE}.svc.cluster.local" for w in ROLES.values()}
+    svc_ports = {s["metadata"]["name"]: {p["port"] for p in s["spec"]["ports"]}
+                 for s in istio_render.all("Service")}
+
+    # PeerAuthentication: STRICT namespace-wide; the only exception is edge-gateway's JWKS port.
+    pas, problems = of("PeerAuthentication"), []
+    wide = [p for p in pas if not p["spec"].get("selector")]
+    if len(wide) != 1 or wide[0]["spec"].get("mtls", {}).get("mode") != "STRICT":
+        problems.append("want exactly one namespace-wide PeerAuthentication with mtls.mode STRICT")
+    for p in pas:
+        if p in wide:
+            continue
+        sel = p["spec"]["selector"].get("matchLabels", {})
+        if p["spec"].get("mtls", {}).get("mode") not in (None, "STRICT", "UNSET"):
+            problems.append(f"{ident(p)}: workload-wide mode must stay STRICT")
+        loose = {int(port) for port, m in p["spec"].get("portLevelMtls", {}).items() if m.get("mode") != "STRICT"}
+        if loose and not (selects(sel, labels["edge-gateway"]) and loose == {HTTP_PORT}):
+            problems.append(f"{ident(p)}: only edge-gateway:{HTTP_PORT} (JWKS for istiod) may be PERMISSIVE")
+    report.check("PeerAuthentication: STRICT mTLS namespace-wide", problems)
+
+    # DestinationRules: one per workload, mesh mTLS, pools and outlier detection.
+    drs = {d["spec"]["host"]: d for d in of("DestinationRule")}
+    problems = []
+    for workload, host in fqdn.items():
+        tp = drs.get(host, {}).get("spec", {}).get("trafficPolicy")
+        if tp is None:
+            problems.append(f"no DestinationRule for {host}")
+            continue
+        if tp.get("tls", {}).get("mode") != "ISTIO_MUTUAL":
+            problems.append(f"{host}: tls.mode must be ISTIO_MUTUAL")
+        for key in ("connectionPool", "outlierDetection"):
+            if not tp.get(key):
+                problems.append(f"{host}: {key} missing")
+    problems += [f"DestinationRule for unknown host {h}" for h in drs if h not in fqdn.values()]
+    report.check(f"DestinationRules: one per workload ({len(fqdn)}), ISTIO_MUTUAL, pools, outlier detection",
+                 problems)
+
+    # RequestAuthentication: the gateway's JWTs, as the chart configures them.
+    ras, problems = of("RequestAuthentication"), []
+    chart_jwt = istio_render.values["jwt"]
+    if len(ras) != 1:
+        problems.append(f"want one RequestAuthentication, found {len(ras)}")
+    for ra in ras:
+        if not selects(ra["spec"].get("selector", {}).get("matchLabels", {}), labels["edge-gateway"]):
+            problems.append(f"{ident(ra)}: selector must pick the edge-gateway pods")
+        for rule in ra["spec"].get("jwtRules", []):
+            if rule.get("issuer") != chart_jwt["issuer"]:
+                problems.append(f"issuer {rule.get('issuer')!r} != chart jwt.issuer {chart_jwt['issuer']!r}")
+            if chart_jwt["audience"] not in rule.get("audiences", []):
+                problems.append(f"audiences {rule.get('audiences')} lack chart jwt.audience")
+            u = urllib.parse.urlparse(rule.get("jwksUri", ""))
+            if (u.hostname, u.port, u.path) != (fqdn["edge-gateway"], HTTP_PORT, "/.well-known/jwks.json") \
+                    or HTTP_PORT not in svc_ports.get("edge-gateway", set()):
+                problems.append(f"jwksUri {rule.get('jwksUri')!r} must be the gateway's "
+                                f"http://{fqdn['edge-gateway']}:{HTTP_PORT}/.well-known/jwks.json")
+            if rule.get("forwardOriginalToken") is not True:
+                problems.append("forwardOriginalToken must be true: the gateway reads the token too")
+    report.check("RequestAuthentication: issuer, audience and jwksUri agree with the chart", problems)
+
+    # Gateway + VirtualService: to edge-gateway:8080, timeouts, retries on safe methods only.
+    problems = []
+    gateways = {g["metadata"]["name"] for g in of("Gateway")}
+    vss = of("VirtualService")
+    if not vss or not gateways:
+        problems.append("want a Gateway and a VirtualService")
+    for vs in vss:
+        for gw in vs["spec"].get("gateways", []):
+            if gw.split("/")[-1] not in gateways:
+                problems.append(f"{ident(vs)}: unknown gateway {gw}")
+        for route in vs["spec"].get("http", []):
+            name = route.get("name", "?")
+            for dest in route.get("route", []):
+                d = dest["destination"]
+                if d["host"] != fqdn["edge-gateway"] or d.get("port", {}).get("number") != HTTP_PORT:
+                    problems.append(f"route {name}: must go to {fqdn['edge-gateway']}:{HTTP_PORT}")
+            if go_duration(route.get("timeout")) is None:
+                problems.append(f"route {name}: no timeout")
+            methods = set()
+            for m in route.get("match") or [{}]:
+                spec = m.get("method", {})
+                if "exact" in spec:
+                    methods.add(spec["exact"])
+                elif "regex" in spec and re.fullmatch(r"[A-Z]+(\|[A-Z]+)*", spec["regex"]):
+                    methods |= set(spec["regex"].split("|"))
+                else:
+                    methods.add("*")
+            attempts = route.get("retries", {}).get("attempts")
+            if methods <= SAFE_METHODS:
+                if not attempts:
+                    problems.append(f"route {name}: safe methods should be retried")
+            elif attempts != 0:
+                problems.append(f"route {name}: matches non-idempotent methods, so retries.attempts "
+                                "must be 0 (Istio retries by default)")
+    report.check("Gateway + VirtualService: edge-gateway:8080, timeouts, retries only for safe methods",
+                 problems)
+
+    problems = []
+    for t in of("Telemetry") or [{}]:
+        tracing = t.get("spec", {}).get("tracing", [])
+        if not tracing:
+            problems.append("no tracing configured")
+        for tr in tracing:
+            if not [p for p in tr.get("providers", []) if p.get("name") == "otel-tracing"]:
+                problems.append("tracing must use the otel-tracing provider")
+            if not 0 < float(tr.get("randomSamplingPercentage", -1)) <= 100:
+                problems.append("randomSamplingPercentage must be in (0, 100]")
+    report.check("Telemetry: traces to otel-tracing with a sampling percentage", problems)
+
+    if "authorization-policies.yaml" not in docs:
+        Report.skip("AuthorizationPolicies agree with the workloads",
+                    "istio/authorization-policies.yaml not generated yet "
+                    "(cargo run -p ordermesh -- istio policies > istio/authorization-policies.yaml)")
+    else:
+        report.check("AuthorizationPolicies agree with the workloads and identities",
+                     check_authz(docs["authorization-policies.yaml"], labels, istio_render))
+
+
+def allows_jwks_fetch(spec: dict) -> bool:
+    """istiod fetches the JWKS from edge-gateway in plaintext, so without a peer identity."""
+    for rule in spec.get("rules", []):
+        if rule.get("from"):
+            continue
+        ops = [to.get("operation", {}) for to in rule.get("to", [])] or [{}]
+        for op in ops:
+            paths = op.get("paths") or ["*"]
+            methods = op.get("methods") or ["GET"]
+            if "GET" in methods and any(p in ("*", "/.well-known/jwks.json", "/.well-known/*") for p in paths):
+                return True
+    return False
+
+
+def check_authz(policies: list[dict], labels: dict, r: Rendered) -> list[str]:
+    problems = []
+    td = r.values["mtls"]["trustDomain"]
+    accounts = {sa["metadata"]["name"] for sa in r.all("ServiceAccount")}
+    principal = re.compile(rf"^{re.escape(td)}/ns/[a-z0-9-]+/sa/[a-z0-9-]+$|^\*$")
+    selected: set[str] = set()
+    if not policies:
+        problems.append("file has no policies")
+    for p in policies:
+        where = ident(p)
+        if p.get("kind") != "AuthorizationPolicy":
+            problems.append(f"{where}: not an AuthorizationPolicy")
+            continue
+        spec = p.get("spec", {})
+        sel = spec.get("selector", {}).get("matchLabels", {})
+        targets = [w for w, lbl in labels.items() if selects(sel, lbl)]
+        if sel and not targets:
+            problems.append(f"{where}: selector {sel} matches no workload (pods carry app=<workload>)")
+        selected |= set(targets)
+        for i, rule in enumerate(spec.get("rules", [])):
+            for src in rule.get("from", []):
+                for ns in src.get("source", {}).get("namespaces", []):
+                    if ns != NAMESPACE:
+                        problems.append(f"{where}: rule {i}: namespace {ns} is not {NAMESPACE}")
+                for key in ("principals", "notPrincipals"):
+                    for pr in src.get("source", {}).get(key, []):
+                        if pr.startswith("spiffe://"):
+                            problems.append(f"{where}: rule {i}: principal {pr} must not carry spiffe:// "
+                                            "(Istio principals are <trust-domain>/ns/<ns>/sa/<sa>)")
+                        elif not principal.match(pr):
+                            problems.append(f"{where}: rule {i}: malformed principal {pr}")
+                        elif f"/ns/{NAMESPACE}/sa/" in pr and pr.rsplit("/", 1)[1] not in accounts:
+                            problems.append(f"{where}: rule {i}: {pr} is no ServiceAccount of the chart")
+            for to in rule.get("to", []):
+                op = to.get("operation", {})
+                for port in op.get("ports", []):
+                    if int(port) not in (GRPC_PORT, HEALTH_PORT, METRICS_PORT, HTTP_PORT):
+                        problems.append(f"{where}: rule {i}: port {port} is not served")
+                grpc_target = any(t != "edge-gateway" for t in targets)
+                for path in op.get("paths", []) if grpc_target else []:
+                    if not re.fullmatch(r"/[a-z0-9_.]+\.[A-Za-z0-9_]+/([A-Za-z0-9_]+|\*)", path):
+                        problems.append(f"{where}: rule {i}: {path} is not /<package>.<Service>/<Method>")
+        if spec.get("action", "ALLOW") == "ALLOW" and "edge-gateway" in targets \
+                and not allows_jwks_fetch(spec):
+            problems.append(f"{where}: must also allow GET /.well-known/jwks.json from any source: "
+                            "istiod fetches the JWKS for request-authentication.yaml in plaintext, "
+                            "without a principal, and would get 403")
+    missing = [w for w in SERVICES if w not in selected]
+    if missing:
+        problems.append(f"no policy selects {missing}")
+    return problems
+
+
+# ----------------------------------------------------------------------- other artefacts
+
+def undocumented_values(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    problems = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^\s*([A-Za-z0-9_.-]+):", line)
+        if not m or "#" in line.split(":", 1)[1]:
+            continue
+        if i == 0 or not lines[i - 1].strip().startswith("#"):
+            problems.append(f"{path.name}:{i + 1}: {m.group(1)} has no comment above it")
+    return problems
+
+
+def check_dockerfile() -> list[str]:
+    text = (REPO / "Dockerfile").read_text()
+    problems = []
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    if not stages or not stages[0].startswith("rust:1-bookworm"):
+        problems.append("builder stage must be rust:1-bookworm")
+    if len(stages) < 2 or not re.match(r"(gcr\.io/distroless/cc-debian12:nonroot|debian:bookworm-slim)", stages[-1]):
+        problems.append("runtime stage must be distroless cc-debian12:nonroot or debian slim")
+    if "cargo build --release -p ordermesh --locked" not in text:
+        problems.append("must run cargo build --release -p ordermesh --locked")
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    if not users or users[-1].split(":")[0] != "65532":
+        problems.append("final USER must be 65532")
+    if not re.search(r'^ENTRYPOINT \["/usr/local/bin/ordermesh"\]', text, re.M):
+        problems.append("ENTRYPOINT must be /usr/local/bin/ordermesh")
+    ignore = (REPO / ".dockerignore").read_text().split()
+    problems += [f".dockerignore must exclude {p}" for p in ("target", ".git") if p not in ignore]
+    if not (REPO / "Cargo.lock").exists():
+        problems.append("Cargo.lock missing (the build is --locked)")
+    launcher = REPO / "launcher" / "Cargo.toml"
+    if launcher.exists() and not re.search(r'^name\s*=\s*"ordermesh"', launcher.read_text(), re.M):
+        problems.append("launcher/Cargo.toml must define package ordermesh")
+    return problems
+
+
+def check_readme(values: dict) -> list[str]:
+    text = (REPO / "deploy" / "README.md").read_text()
+    problems = [f"top-level value {k} not described" for k in values if f"`{k}" not in text]
+    if "cargo run -p ordermesh -- istio policies > istio/authorization-policies.yaml" not in text:
+        problems.append("how to generate istio/authorization-policies.yaml is not described")
+    return problems
+
+
+# ----------------------------------------------------------------------------------- main
+
+def main() -> int:
+    report = Report()
+    print(f"chart {CHART.relative_to(REPO)}, Istio CRDs {CRDS}, Kubernetes {KUBE_MIN} and {KUBE_LATEST}")
+    if not CRDS.exists():
+        print(f"FAIL  Istio CRD schemas not found at {CRDS} (set ORDERMESH_SHARED_DIR)")
+        print("0 passed, 1 failed")
+        return 1
+    crds = load_crds()
+
+    helm.disable_logging()
+    for label, values in (("default values", None), ("values-istio.yaml", VARIANTS["istio"])):
+        lint = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_MIN}.0")
+        problems = list(lint.get("errors") or [])
+        problems += [f"{m['path']}: {m['error']}" for m in lint.get("messages", []) if m["severity"] >= 2]
+        report.check(f"helm lint --strict ({label})", problems)
+
+    report.check("values.yaml and values-istio.yaml: every value documented",
+                 undocumented_values(CHART / "values.yaml") + undocumented_values(CHART / "values-istio.yaml"))
+
+    with helm.Chart.load(CHART) as chart:
+        typos = {
+            "roles.user.replica": {"roles": {"user": {"replica": 3}}},
+            "roles.shipping": {"roles": {"shipping": {}}},
+            "mtls.mode=isito": {"mtls": {"mode": "isito"}},
+            "store.backend=dynamo": {"store": {"backend": "dynamo"}},
+            "defaults.autoscaling.enable": {"defaults": {"autoscaling": {"enable": False}}},
+            "imagee": {"imagee": {"tag": "1"}},
+            "jwt.issuerr": {"jwt": {"issuerr": "x"}},
+        }
+        problems = []
+        for label, bad in typos.items():
+            try:
+                chart.validate_schema(chart.merge_values(bad))
+                problems.append(f"{label} accepted")
+            except helm.HelmValuesError:
+                pass
+        for label, good in VARIANTS.items():
+            try:
+                chart.validate_schema(chart.merge_values(good))
+            except helm.HelmValuesError as e:
+                problems.append(f"{label} values rejected: {e}")
+        report.check(f"values.schema.json accepts the value sets and rejects {len(typos)} typos", problems)
+
+        rendered: dict[str, Rendered] = {}
+        for label, values in VARIANTS.items():
+            try:
+                objects = render(chart, values)
+            except helm.HelmError as e:
+                report.check(f"[{label}] renders", [str(e)])
+                continue
+            r = rendered[label] = Rendered(chart.merge_values(values), objects)
+            kinds = sorted({o["kind"] for o in objects})
+            report.check(f"[{label}] renders {len(objects)} objects ({', '.join(kinds)})",
+                         [] if objects else ["nothing rendered"])
+            problems = [p for o in objects for p in validate_kube(o, crds)]
+            report.check(f"[{label}] every manifest valid (kubernetes-validate --strict {KUBE_MIN}, "
+                         f"{KUBE_LATEST}; Istio CRDs)", problems)
+            report.check(f"[{label}] each role has Deployment, Service, ServiceAccount, HPA, PDB that agree",
+                         check_workloads(r))
+            report.check(f"[{label}] ports (gRPC named, appProtocol grpc) and native probes",
+                         check_ports_and_probes(r))
+            report.check(f"[{label}] non-root, read-only root fs, no capabilities, resources",
+                         check_security(r))
+            report.check(f"[{label}] environment follows the binary's contract", check_environment(r))
+            mode = r.values["mtls"]["mode"]
+            report.check(f"[{label}] {mode} mTLS: sidecar label, endpoints, TLS mounts", check_mtls(r))
+            report.check(f"[{label}] JWT signing key only in user-service", check_jwt(r))
+            report.check(f"[{label}] DynamoDB tables hook Job", check_tables_job(r))
+
+    if "istio" in rendered:
+        check_istio(report, crds, rendered["istio"])
+    if UNEVALUATED_CEL:
+        print(f"note  {len(UNEVALUATED_CEL)} CEL rule(s) met but not evaluated: "
+              + "; ".join(sorted(UNEVALUATED_CEL)))
+
+    report.check("Dockerfile and .dockerignore", check_dockerfile())
+    report.check("deploy/README.md covers every top-level value and policy generation",
+                 check_readme(yaml.safe_load((CHART / "values.yaml").read_text())))
+
+    print(f"{report.passed} passed, {report.failed} failed")
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
