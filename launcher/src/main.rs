@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ordermesh_platform::certs::CertDir;
 use ordermesh_platform::config::MeshConfig;
 use ordermesh_platform::identity::workloads;
+use ordermesh_platform::store::schema::StoreConfig;
 
 #[derive(Parser)]
 #[command(
@@ -30,11 +31,23 @@ enum Command {
         #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = MeshConfig::DEFAULT_NAMESPACE)]
         namespace: String,
     },
+    /// DynamoDB tables (keys, `gsi1` index, TTL) for every service.
+    Tables {
+        #[command(subcommand)]
+        what: TablesCommand,
+    },
     /// Istio resources derived from the contracts.
     Istio {
         #[command(subcommand)]
         what: IstioCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum TablesCommand {
+    /// Create the tables that do not exist yet (idempotent). Reads `ORDERMESH_STORE`,
+    /// `ORDERMESH_DYNAMODB_TABLE_PREFIX` and the standard AWS variables.
+    Create,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +93,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 op.cert.display(),
                 op.key.display()
             );
+            Ok(())
+        }
+        Command::Tables {
+            what: TablesCommand::Create,
+        } => {
+            let config = StoreConfig::from_env(PathBuf::from(".ordermesh/data"))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let created = runtime.block_on(config.create_tables())?;
+            match (&config, created.is_empty()) {
+                (StoreConfig::Embedded { data_dir }, _) => println!(
+                    "embedded store: tables are created on first open under {}",
+                    data_dir.display()
+                ),
+                (_, true) => println!("all tables exist"),
+                (_, false) => println!("created {}", created.join(", ")),
+            }
             Ok(())
         }
         Command::Istio {

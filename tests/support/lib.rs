@@ -1,5 +1,8 @@
-//! Helpers shared by the end-to-end tests: repository paths, dev certificates, loopback
-//! listeners.
+//! Helpers shared by the end-to-end tests: repository paths, a DynamoDB-compatible server,
+//! stores on either backend.
+
+pub mod moto;
+pub mod stores;
 
 use std::path::PathBuf;
 

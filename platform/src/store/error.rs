@@ -1,0 +1,65 @@
+use tonic::{Code, Status};
+
+/// What can go wrong in a store. A failed condition is its own variant so services can map
+/// it to `ABORTED`, `FAILED_PRECONDITION` or `ALREADY_EXISTS` as their domain says.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write at `index` of the batch found its condition false; nothing was written.
+    #[error("condition failed for {pk}/{sk} (write {index} of the batch)")]
+    ConditionFailed {
+        index: usize,
+        pk: String,
+        sk: String,
+    },
+    /// Another transaction touched the same items at the same time; retry.
+    #[error("conflicting concurrent transaction, retry")]
+    Conflict,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("invalid page token")]
+    InvalidCursor,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    pub fn is_condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionFailed { .. })
+    }
+    /// Whether the same request may succeed if retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Conflict | Self::Unavailable(_))
+    }
+}
+
+/// The default mapping; services override it for conditions whose meaning they know.
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::ConditionFailed { .. } | StoreError::Conflict => Code::Aborted,
+            StoreError::Unavailable(_) => Code::Unavailable,
+            StoreError::InvalidCursor => Code::InvalidArgument,
+            StoreError::InvalidKey(_)
+            | StoreError::InvalidBatch(_)
+            | StoreError::InvalidQuery(_) => Code::InvalidArgument,
+            StoreError::Corrupt(_) => Code::DataLoss,
+            StoreError::Backend(_) => Code::Internal,
+        };
+        match code {
+            // Do not leak backend details to callers; they are in the logs.
+            Code::Internal | Code::DataLoss => {
+                tracing::error!(error = %e, "store error");
+                Status::new(code, "storage error")
+            }
+            _ => Status::new(code, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! A DynamoDB-compatible server (moto, from the venv `.ci/run` prepares) on a loopback port,
+//! shared by the tests of one binary. It exits when the test process does.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const WRAPPER: &str = r#"
+import os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while True:
+        if os.getppid() != parent:
+            os._exit(0)
+        time.sleep(0.5)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+sys.argv = ["moto_server", "-H", "127.0.0.1", "-p", sys.argv[1]]
+main()
+"#;
+
+pub struct MotoServer {
+    pub endpoint: String,
+    _child: Mutex<Child>,
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("ORDERMESH_PY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/ordermesh-venv")
+        });
+    venv.join("bin/python")
+}
+
+fn start() -> Result<MotoServer, String> {
+    let python = python();
+    if !python.exists() {
+        return Err(format!(
+            "{} not found: run `bash tests/support/python-tools.sh` (the README's test command does)",
+            python.display()
+        ));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let child = Command::new(&python)
+        .args(["-c", WRAPPER, &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start moto: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("moto did not start listening within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(MotoServer {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _child: Mutex::new(child),
+    })
+}
+
+/// The shared server, started on first use.
+pub fn moto() -> &'static MotoServer {
+    static SERVER: OnceLock<Result<MotoServer, String>> = OnceLock::new();
+    match SERVER.get_or_init(start) {
+        Ok(server) => server,
+        Err(e) => panic!("{e}"),
+    }
+}
