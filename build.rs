@@ -34,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Well-known types resolve to prost_types (prost-build's default extern path).
     let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
+        // Deterministic map encoding: audit records are hashed over their encoded bytes.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

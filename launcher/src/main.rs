@@ -4,10 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ordermesh::roles::{BoundService, Role, ServiceConfig};
 use ordermesh_platform::certs::CertDir;
 use ordermesh_platform::config::MeshConfig;
 use ordermesh_platform::identity::workloads;
+use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
+use ordermesh_platform::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +33,12 @@ enum Command {
         trust_domain: String,
         #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = MeshConfig::DEFAULT_NAMESPACE)]
         namespace: String,
+    },
+    /// Run one role of the mesh, as each Kubernetes pod does. Configured by `ORDERMESH_*`
+    /// variables (see the README); stops on SIGTERM/SIGINT after draining in-flight calls.
+    Serve {
+        #[arg(value_enum)]
+        role: Role,
     },
     /// DynamoDB tables (keys, `gsi1` index, TTL) for every service.
     Tables {
@@ -95,6 +104,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Serve { role } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(role))
+        }
         Command::Tables {
             what: TablesCommand::Create,
         } => {
@@ -125,4 +138,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn serve(role: Role) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(role.workload(), LogFormat::Json)?;
+    let config = ServiceConfig::from_env(role)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signal();
+    let bound = BoundService::bind(role, config).await?;
+    let result = bound.serve(shutdown).await;
+    let flushed = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+    if let Err(e) = flushed {
+        eprintln!("trace flush failed: {e}");
+    }
+    Ok(result?)
 }

@@ -17,8 +17,11 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
+use ordermesh_contracts::options::Audience;
+
 use crate::config::MtlsMode;
 use crate::identity::WorkloadId;
+use crate::user_context;
 
 /// The verified mesh identity of the caller, put in the request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +53,48 @@ pub struct AuthzPolicy {
 
 impl AuthzPolicy {
     /// Decides whether `caller` may call `path`; `Err` carries the status to answer with.
+    /// A call forwarded for a signed-in user must also meet the method's audience: a
+    /// `USER` method needs a user, an `ADMIN` method a user with the admin role.
+    pub fn check_request(
+        &self,
+        caller: &WorkloadId,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(), Status> {
+        self.check(caller, path)?;
+        let Some(method) = descriptors::method_by_path(path) else {
+            return Ok(());
+        };
+        let forwarded_user = headers.get(user_context::USER_ID_KEY).is_some();
+        let forwarder = user_context::TRUSTED_FORWARDERS.contains(&caller.service_account.as_str());
+        if forwarded_user && !forwarder {
+            return Err(Status::permission_denied(format!(
+                "workload {} may not act on behalf of users",
+                caller.service_account
+            )));
+        }
+        if !forwarder {
+            return Ok(());
+        }
+        let roles = headers
+            .get(user_context::USER_ROLES_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        match method.audience {
+            Audience::User | Audience::Admin if !forwarded_user => Err(Status::unauthenticated(
+                "this method needs a signed-in user",
+            )),
+            Audience::Admin if !roles.split(',').any(|r| r == user_context::ROLE_ADMIN) => Err(
+                Status::permission_denied("this method is for administrators"),
+            ),
+            Audience::Internal => Err(Status::permission_denied(
+                "this method is not reachable from outside the mesh",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Decides whether `caller` may call `path` by identity alone.
     pub fn check(&self, caller: &WorkloadId, path: &str) -> Result<(), Status> {
         if caller.trust_domain != self.trust_domain || caller.namespace != self.namespace {
             return Err(Status::permission_denied(format!(
@@ -214,6 +259,49 @@ mod tests {
         assert!(
             p.check(&other_ns, "/ordermesh.payment.v1.PaymentService/Charge")
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn forwarded_calls_meet_the_method_audience() {
+        let p = policy();
+        let gw = WorkloadId::new("cluster.local", "ordermesh", "edge-gateway");
+        let verify = "/ordermesh.audit.v1.AuditService/VerifyChain";
+        let headers = |roles: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(roles) = roles {
+                h.insert(user_context::USER_ID_KEY, "u1".parse().unwrap());
+                h.insert(user_context::USER_ROLES_KEY, roles.parse().unwrap());
+            }
+            h
+        };
+        assert_eq!(
+            p.check_request(&gw, verify, &headers(None))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            p.check_request(&gw, verify, &headers(Some("user")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(
+            p.check_request(&gw, verify, &headers(Some("user,admin")))
+                .is_ok()
+        );
+        // Public methods need no user; operators act as themselves.
+        let products = "/ordermesh.order.v1.CatalogService/ListProducts";
+        assert!(p.check_request(&gw, products, &headers(None)).is_ok());
+        let op = WorkloadId::new("cluster.local", "ordermesh", "operator");
+        assert!(p.check_request(&op, verify, &headers(None)).is_ok());
+        // Only the gateway may name a user.
+        assert_eq!(
+            p.check_request(&op, verify, &headers(Some("admin")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
         );
     }
 

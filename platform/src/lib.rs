@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod rpc_layer;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,4 @@
+//! What the `ordermesh` binary runs, as a library so end-to-end tests start exactly the same
+//! roles in-process on ephemeral ports.
+
+pub mod roles;

@@ -1,0 +1,134 @@
+//! Roles started in-process on ephemeral loopback ports with real mTLS, and clients that
+//! present a chosen workload identity.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordermesh::roles::{BoundService, Role, RoleError, ServiceConfig};
+use ordermesh_platform::certs::CertDir;
+use ordermesh_platform::client::{ChannelFactory, MeshChannel};
+use ordermesh_platform::config::{ListenConfig, MeshConfig, MtlsMode, TlsFiles};
+use ordermesh_platform::identity::workloads;
+use ordermesh_platform::metrics::Metrics;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::store::schema::StoreConfig;
+use tempfile::TempDir;
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const NAMESPACE: &str = "ordermesh";
+
+/// A dev mesh CA and a certificate for every workload, in a temporary directory.
+pub struct TestCerts {
+    _dir: TempDir,
+    pub certs: CertDir,
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCerts {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = CertDir::new(dir.path());
+        certs
+            .ensure(TRUST_DOMAIN, NAMESPACE, workloads::ALL)
+            .expect("issue certificates");
+        Self { _dir: dir, certs }
+    }
+
+    pub fn files(&self, workload: &str) -> TlsFiles {
+        self.certs.files_for(workload)
+    }
+
+    pub fn mesh_config(&self, workload: &str) -> MeshConfig {
+        MeshConfig {
+            trust_domain: TRUST_DOMAIN.into(),
+            namespace: NAMESPACE.into(),
+            mtls_mode: MtlsMode::Builtin,
+            tls: Some(self.files(workload)),
+        }
+    }
+
+    /// A channel presenting `as_workload`'s certificate to the `target` workload at `addr`.
+    pub fn channel(&self, as_workload: &str, target: &str, addr: SocketAddr) -> MeshChannel {
+        ChannelFactory::new(&self.mesh_config(as_workload), Arc::new(Metrics::new()))
+            .expect("channel factory")
+            .channel(target, &format!("https://{addr}"))
+            .expect("channel")
+    }
+}
+
+/// A role serving on loopback until stopped.
+pub struct RunningService {
+    pub grpc_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), RoleError>>,
+}
+
+impl RunningService {
+    /// Starts `role` with its own certificate and an embedded store in `data_dir`.
+    pub async fn start(role: Role, certs: &TestCerts, data_dir: &std::path::Path) -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = ServiceConfig {
+            mesh: certs.mesh_config(role.workload()),
+            listen: ListenConfig {
+                grpc: loopback,
+                health: Some(loopback),
+                metrics: Some(loopback),
+            },
+            store: StoreConfig::Embedded {
+                data_dir: data_dir.to_path_buf(),
+            },
+        };
+        let bound = BoundService::bind(role, config).await.expect("bind");
+        let shutdown = Shutdown::new();
+        let (grpc_addr, health_addr, metrics_addr) = (
+            bound.grpc_addr,
+            bound.health_addr.expect("health port"),
+            bound.metrics_addr.expect("metrics port"),
+        );
+        let task = tokio::spawn(bound.serve(shutdown.clone()));
+        Self {
+            grpc_addr,
+            health_addr,
+            metrics_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Triggers shutdown and waits (bounded) for the role to drain and stop.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("service stops within 15 s")
+            .expect("task joins")
+            .expect("service ran without error");
+    }
+}
+
+/// `GET path` over plain HTTP/1.1, returning status line and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("response within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
