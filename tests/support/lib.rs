@@ -3,6 +3,7 @@
 
 pub mod mesh;
 pub mod moto;
+pub mod otlp;
 pub mod stores;
 
 use std::path::PathBuf;
