@@ -2,3 +2,4 @@
 //! roles in-process on ephemeral ports.
 
 pub mod roles;
+pub mod up;

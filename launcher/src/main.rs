@@ -34,6 +34,15 @@ enum Command {
         #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = MeshConfig::DEFAULT_NAMESPACE)]
         namespace: String,
     },
+    /// Run the whole mesh locally: dev certificates on first run, every role on loopback with
+    /// mTLS between them, the embedded store under --data-dir.
+    Up {
+        #[arg(long, default_value = ".ordermesh")]
+        data_dir: PathBuf,
+        /// First gRPC port; roles use consecutive ports, or free ones when taken.
+        #[arg(long, default_value_t = 50051)]
+        base_port: u16,
+    },
     /// Run one role of the mesh, as each Kubernetes pod does. Configured by `ORDERMESH_*`
     /// variables (see the README); stops on SIGTERM/SIGINT after draining in-flight calls.
     Serve {
@@ -103,6 +112,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 op.key.display()
             );
             Ok(())
+        }
+        Command::Up {
+            data_dir,
+            base_port,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let telemetry = telemetry::init("ordermesh", LogFormat::Text)?;
+                let shutdown = Shutdown::new();
+                shutdown.on_signal();
+                let result = ordermesh::up::up(
+                    ordermesh::up::UpOptions {
+                        data_dir,
+                        base_port,
+                    },
+                    shutdown,
+                )
+                .await;
+                let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+                Ok(result?)
+            })
         }
         Command::Serve { role } => {
             let runtime = tokio::runtime::Runtime::new()?;

@@ -21,6 +21,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every service role, in start order.
+    pub const SERVICES: &'static [Role] = &[Role::Audit];
+
+    /// The short name `serve` and `mesh.json` use.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Role::Audit => "audit",
+        }
+    }
+
     /// The workload (service account) name of the role.
     pub fn workload(self) -> &'static str {
         match self {
@@ -49,6 +59,8 @@ pub enum RoleError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("role task failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Everything a service role needs to run.

@@ -84,7 +84,10 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
             .with_span_list(false)
             .with_target(true)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)

@@ -1,0 +1,163 @@
+//! `ordermesh up`: the whole mesh on loopback for local use. Issues the dev CA and workload
+//! certificates on first run, starts every role with real mTLS between them and the embedded
+//! store under the data directory, writes `<data-dir>/mesh.json` for tools and removes it on
+//! shutdown. Ctrl-C drains every role.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ordermesh_platform::certs::CertDir;
+use ordermesh_platform::config::{ListenConfig, MeshConfig, MtlsMode};
+use ordermesh_platform::identity::workloads;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::store::schema::StoreConfig;
+
+use crate::roles::{BoundService, Role, RoleError, ServiceConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("certificates: {0}")]
+    Certs(#[from] ordermesh_platform::certs::CertError),
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Options of `ordermesh up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    /// First gRPC port; roles take consecutive ports from here (0: all ephemeral).
+    pub base_port: u16,
+}
+
+/// Binds `preferred`, or an ephemeral loopback port when it is taken.
+async fn free_addr(preferred: u16) -> SocketAddr {
+    let addr = SocketAddr::from(([127, 0, 0, 1], preferred));
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(_) => addr,
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// The mesh as started: what `mesh.json` says.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MeshInfo {
+    pub services: std::collections::BTreeMap<String, String>,
+    pub tls: TlsInfo,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TlsInfo {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Runs the mesh until `shutdown` triggers.
+pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UpError::Io { path, source }
+    };
+    std::fs::create_dir_all(&options.data_dir).map_err(io(&options.data_dir))?;
+    let cert_dir = CertDir::new(options.data_dir.join("certs"));
+    let issued = cert_dir.ensure(
+        MeshConfig::DEFAULT_TRUST_DOMAIN,
+        MeshConfig::DEFAULT_NAMESPACE,
+        workloads::ALL,
+    )?;
+    if !issued.is_empty() {
+        println!("issued dev mesh certificates in {}", cert_dir.dir.display());
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut info = MeshInfo {
+        services: Default::default(),
+        tls: {
+            let op = cert_dir.files_for(workloads::OPERATOR);
+            TlsInfo {
+                ca: absolute(&op.ca),
+                cert: absolute(&op.cert),
+                key: absolute(&op.key),
+            }
+        },
+    };
+    for (i, role) in Role::SERVICES.iter().copied().enumerate() {
+        let port = if options.base_port == 0 {
+            0
+        } else {
+            options.base_port + i as u16
+        };
+        let config = ServiceConfig {
+            mesh: MeshConfig {
+                trust_domain: MeshConfig::DEFAULT_TRUST_DOMAIN.into(),
+                namespace: MeshConfig::DEFAULT_NAMESPACE.into(),
+                mtls_mode: MtlsMode::Builtin,
+                tls: Some(cert_dir.files_for(role.workload())),
+            },
+            listen: ListenConfig {
+                grpc: free_addr(port).await,
+                health: None,
+                metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            },
+            store: StoreConfig::Embedded {
+                data_dir: options.data_dir.join("store"),
+            },
+        };
+        let bound = BoundService::bind(role, config).await?;
+        println!(
+            "{:<16} grpc {}  metrics http://{}/metrics",
+            role.workload(),
+            bound.grpc_addr,
+            bound
+                .metrics_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        info.services
+            .insert(role.short_name().to_string(), bound.grpc_addr.to_string());
+        tasks.spawn(bound.serve(shutdown.clone()));
+    }
+
+    let mesh_json = options.data_dir.join("mesh.json");
+    let text = serde_json::to_string_pretty(&info).unwrap_or_default();
+    std::fs::write(&mesh_json, text).map_err(io(&mesh_json))?;
+    if let Some(addr) = info.services.values().next() {
+        println!(
+            "grpcurl: grpcurl -cacert {} -cert {} -key {} {addr} list",
+            info.tls.ca.display(),
+            info.tls.cert.display(),
+            info.tls.key.display()
+        );
+    }
+    println!("mesh described in {}", mesh_json.display());
+    println!("ordermesh is ready (Ctrl-C to stop)");
+
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        // One role failing stops the rest: a partial mesh is not a working one.
+        shutdown.trigger();
+        match joined {
+            Ok(Err(e)) if first_error.is_none() => first_error = Some(e),
+            Err(e) if first_error.is_none() => {
+                first_error = Some(RoleError::Io(std::io::Error::other(e.to_string())))
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_file(&mesh_json);
+    println!("ordermesh stopped");
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
