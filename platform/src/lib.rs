@@ -9,6 +9,7 @@ pub mod config;
 pub mod identity;
 pub mod istio_policy;
 pub mod metrics;
+pub mod outbox;
 pub mod rpc_layer;
 pub mod server;
 pub mod shutdown;

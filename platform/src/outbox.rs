@@ -1,0 +1,247 @@
+//! The transactional outbox: a service writes its audit events into its own table in the same
+//! atomic batch as the business change, so a change and its events are stored together or not
+//! at all. A relay delivers them to audit-service in batches, retrying with exponential
+//! backoff and jitter while audit is away, and deletes them once delivered. Delivery is
+//! at-least-once (a crash between Append and the delete resends); Append is idempotent by
+//! event id, which makes it effectively once. Nothing is lost across restarts: the outbox is
+//! in the durable table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
+use ordermesh_contracts::audit::{AppendRequest, AuditEvent};
+use prost::Message;
+use rand::Rng;
+use tokio::sync::Notify;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::client::MeshChannel;
+use crate::shutdown::Shutdown;
+use crate::store::{Condition, NewItem, Query, StoreError, Table, Write};
+
+const PARTITION: &str = "outbox";
+const BATCH: usize = 100;
+const APPEND_DEADLINE: Duration = Duration::from_secs(5);
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// An event waiting for delivery, with the trace it was produced in.
+#[derive(Clone, PartialEq, Message)]
+struct OutboxEntry {
+    #[prost(message, optional, tag = "1")]
+    event: Option<AuditEvent>,
+    #[prost(string, tag = "2")]
+    traceparent: String,
+}
+
+/// Builds the outbox write for an event; callers add it to their business batch.
+#[derive(Clone)]
+pub struct Outbox {
+    source: String,
+    pending: Arc<Notify>,
+}
+
+impl Outbox {
+    /// `source` is the producing workload, recorded on every event.
+    pub fn new(source: &str) -> Self {
+        Self {
+            source: source.to_string(),
+            pending: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A new event (UUIDv7 id, now as its time) for `actor` doing `action` on `resource`.
+    pub fn event(&self, actor: &str, action: &str, resource: &str) -> AuditEvent {
+        AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            actor: actor.to_string(),
+            resource: resource.to_string(),
+            action: action.to_string(),
+            source: self.source.clone(),
+            occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            attributes: Default::default(),
+        }
+    }
+
+    /// The write that stores `event` in the outbox; put it in the same batch as the change.
+    pub fn write(&self, event: AuditEvent) -> Write {
+        let mut carrier = http::HeaderMap::new();
+        crate::telemetry::inject_span(&tracing::Span::current(), &mut carrier);
+        let traceparent = carrier
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        // Time-ordered keys keep delivery roughly in production order.
+        let sk = event.id.clone();
+        let entry = OutboxEntry {
+            event: Some(event),
+            traceparent,
+        };
+        Write::put(
+            NewItem::new(PARTITION, sk, entry.encode_to_vec()),
+            Condition::NotExists,
+        )
+    }
+
+    /// Tells the relay that new events were committed (it also polls).
+    pub fn notify(&self) {
+        self.pending.notify_one();
+    }
+
+    /// Starts delivering this table's outbox to audit-service until `shutdown`.
+    pub fn spawn_relay(
+        &self,
+        table: Table,
+        audit: AuditServiceClient<MeshChannel>,
+        shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        let relay = Relay {
+            table,
+            audit,
+            pending: self.pending.clone(),
+        };
+        tokio::spawn(relay.run(shutdown))
+    }
+}
+
+/// How many events are waiting (for tests and readiness).
+pub async fn pending_count(table: &Table) -> Result<usize, StoreError> {
+    let mut n = 0;
+    let mut cursor = None;
+    loop {
+        let page = table
+            .query(Query::partition(PARTITION).limit(1000).after(cursor))
+            .await?;
+        n += page.items.len();
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(n),
+        }
+    }
+}
+
+struct Relay {
+    table: Table,
+    audit: AuditServiceClient<MeshChannel>,
+    pending: Arc<Notify>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("outbox store: {0}")]
+    Store(#[from] StoreError),
+    #[error("audit-service: {0}")]
+    Audit(#[from] tonic::Status),
+    #[error("outbox entry cannot be decoded: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let exp = MIN_BACKOFF
+        .saturating_mul(1u32 << attempt.min(10))
+        .min(MAX_BACKOFF);
+    // Full jitter: anywhere up to the exponential bound, so replicas do not retry in step.
+    let millis = rand::rng().random_range(MIN_BACKOFF.as_millis() as u64..=exp.as_millis() as u64);
+    Duration::from_millis(millis)
+}
+
+impl Relay {
+    async fn run(mut self, shutdown: Shutdown) {
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            let wait = match self.deliver_batch().await {
+                Ok(0) => {
+                    failures = 0;
+                    IDLE_POLL
+                }
+                Ok(_) => {
+                    failures = 0;
+                    continue;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(failures);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = self.pending.notified(), if failures == 0 => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Delivers up to one batch; returns how many events it delivered.
+    async fn deliver_batch(&mut self) -> Result<usize, RelayError> {
+        let page = self
+            .table
+            .query(Query::partition(PARTITION).limit(BATCH))
+            .await?;
+        if page.items.is_empty() {
+            return Ok(0);
+        }
+        let mut events = Vec::with_capacity(page.items.len());
+        let mut parent = None;
+        for item in &page.items {
+            let entry = OutboxEntry::decode(item.data.as_ref())?;
+            if parent.is_none() && !entry.traceparent.is_empty() {
+                let mut carrier = http::HeaderMap::new();
+                if let Ok(v) = entry.traceparent.parse() {
+                    carrier.insert("traceparent", v);
+                    parent = Some(crate::telemetry::extract_context(&carrier));
+                }
+            }
+            if let Some(event) = entry.event {
+                events.push(event);
+            }
+        }
+        let span = tracing::info_span!(
+            "outbox.deliver",
+            otel.name = "outbox deliver",
+            events = events.len()
+        );
+        if let Some(cx) = parent {
+            let _ = span.set_parent(cx);
+        }
+        async {
+            let mut request = tonic::Request::new(AppendRequest { events });
+            request.set_timeout(APPEND_DEADLINE);
+            self.audit.append(request).await?;
+            let deletes = page
+                .items
+                .iter()
+                .map(|i| Write::Delete {
+                    pk: i.pk.clone(),
+                    sk: i.sk.clone(),
+                    condition: Condition::None,
+                })
+                .collect();
+            self.table.write(deletes).await?;
+            Ok(page.items.len())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..20 {
+            let d = backoff(attempt);
+            assert!(d >= MIN_BACKOFF && d <= MAX_BACKOFF, "{d:?}");
+        }
+    }
+}
