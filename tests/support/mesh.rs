@@ -74,11 +74,21 @@ pub struct RunningService {
 impl RunningService {
     /// Starts `role` with its own certificate and an embedded store in `data_dir`.
     pub async fn start(role: Role, certs: &TestCerts, data_dir: &std::path::Path) -> Self {
+        Self::start_at(role, certs, data_dir, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`Self::start`], with the gRPC port fixed (to restart a role where it was).
+    pub async fn start_at(
+        role: Role,
+        certs: &TestCerts,
+        data_dir: &std::path::Path,
+        grpc: SocketAddr,
+    ) -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = ServiceConfig {
             mesh: certs.mesh_config(role.workload()),
             listen: ListenConfig {
-                grpc: loopback,
+                grpc,
                 health: Some(loopback),
                 metrics: Some(loopback),
             },

@@ -81,7 +81,23 @@ struct WriteRequest {
 #[derive(Clone)]
 pub struct EmbeddedTable {
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteRequest>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread. When the last handle goes, the thread is stopped and joined, so the
+/// file lock is released by the time the drop returns and the table can be reopened at once.
+struct Writer {
+    tx: Option<mpsc::Sender<WriteRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EmbeddedTable {
@@ -98,16 +114,25 @@ impl EmbeddedTable {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<WriteRequest>();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("store-writer-{name}"))
             .spawn(move || writer_loop(&writer_db, &rx))
             .map_err(backend)?;
-        Ok(Self { db, writer: tx })
+        Ok(Self {
+            db,
+            writer: Arc::new(Writer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
     }
 
     pub(super) async fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
+            .tx
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("store writer stopped".into()))?
             .send(WriteRequest { writes, reply })
             .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
         rx.await
