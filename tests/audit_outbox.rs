@@ -220,7 +220,7 @@ async fn query_filters_by_actor_resource_action_and_time() {
         page_size: 2,
         ..Default::default()
     };
-    let mut count = |req: ListEventsRequest| {
+    let count = |req: ListEventsRequest| {
         let mut op = op.clone();
         async move {
             let mut req = req;
