@@ -5,28 +5,36 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ordermesh_audit_service::{AuditLog, AuditServer};
-use ordermesh_platform::config::{ConfigError, ListenConfig, MeshConfig};
+use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
+use ordermesh_platform::client::{ChannelFactory, ClientError};
+use ordermesh_platform::config::{ConfigError, ListenConfig, MeshConfig, env_opt, env_or};
 use ordermesh_platform::identity::workloads;
 use ordermesh_platform::metrics::Metrics;
+use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::server::{GrpcServer, Listeners, ServeError};
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::StoreError;
 use ordermesh_platform::store::schema::{self, StoreConfig};
+use ordermesh_user_service::grpc::TokenConfig;
+use ordermesh_user_service::keys::KeyError;
+use ordermesh_user_service::{SigningKeys, UserServer, UserStore};
 use tokio::net::TcpListener;
 
 /// The roles `ordermesh serve` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
+    User,
     Audit,
 }
 
 impl Role {
     /// Every service role, in start order.
-    pub const SERVICES: &'static [Role] = &[Role::Audit];
+    pub const SERVICES: &'static [Role] = &[Role::Audit, Role::User];
 
     /// The short name `serve` and `mesh.json` use.
     pub fn short_name(self) -> &'static str {
         match self {
+            Role::User => "user",
             Role::Audit => "audit",
         }
     }
@@ -34,15 +42,101 @@ impl Role {
     /// The workload (service account) name of the role.
     pub fn workload(self) -> &'static str {
         match self {
+            Role::User => workloads::USER,
             Role::Audit => workloads::AUDIT,
+        }
+    }
+
+    /// Offset of the role's port from the local base port (50051).
+    pub fn port_offset(self) -> u16 {
+        match self {
+            Role::User => 0,
+            Role::Audit => 3,
         }
     }
 
     /// The local default gRPC address.
     pub fn default_grpc_addr(self) -> SocketAddr {
-        match self {
-            Role::Audit => SocketAddr::from(([127, 0, 0, 1], 50054)),
+        SocketAddr::from(([127, 0, 0, 1], LOCAL_BASE_PORT + self.port_offset()))
+    }
+}
+
+/// The first local gRPC port; roles sit at fixed offsets from it.
+pub const LOCAL_BASE_PORT: u16 = 50051;
+
+/// Where the other workloads are: `https://host:port` (builtin mTLS) or `http://…` to the
+/// sidecar (Istio), comma-separated for several endpoints.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub user: String,
+    pub order: String,
+    pub payment: String,
+    pub audit: String,
+}
+
+impl Upstreams {
+    /// `https://127.0.0.1:<port>` for every role at its local default port.
+    pub fn local(base_port: u16) -> Self {
+        let at = |offset: u16| format!("https://127.0.0.1:{}", base_port + offset);
+        Self {
+            user: at(0),
+            order: at(1),
+            payment: at(2),
+            audit: at(3),
         }
+    }
+
+    /// `ORDERMESH_{USER,ORDER,PAYMENT,AUDIT}_ENDPOINT`, defaulting to the local ports.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let local = Self::local(LOCAL_BASE_PORT);
+        Ok(Self {
+            user: env_or("ORDERMESH_USER_ENDPOINT", local.user)?,
+            order: env_or("ORDERMESH_ORDER_ENDPOINT", local.order)?,
+            payment: env_or("ORDERMESH_PAYMENT_ENDPOINT", local.payment)?,
+            audit: env_or("ORDERMESH_AUDIT_ENDPOINT", local.audit)?,
+        })
+    }
+}
+
+/// How user-service signs access tokens.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// Ed25519 PKCS#8 PEM; when unset, a key is generated under the data directory.
+    pub signing_key_file: Option<PathBuf>,
+    /// Keys that signed tokens still in circulation; published in the JWKS, not used.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            issuer: ordermesh_platform::jwt::DEFAULT_ISSUER.into(),
+            audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
+            signing_key_file: None,
+            previous_key_files: Vec::new(),
+        }
+    }
+}
+
+impl JwtSettings {
+    /// `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`, `ORDERMESH_JWT_SIGNING_KEY_FILE`,
+    /// `ORDERMESH_JWT_PREVIOUS_KEY_FILES` (comma-separated).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let previous: String = env_or("ORDERMESH_JWT_PREVIOUS_KEY_FILES", String::new())?;
+        Ok(Self {
+            issuer: env_or("ORDERMESH_JWT_ISSUER", d.issuer)?,
+            audience: env_or("ORDERMESH_JWT_AUDIENCE", d.audience)?,
+            signing_key_file: env_opt("ORDERMESH_JWT_SIGNING_KEY_FILE")?,
+            previous_key_files: previous
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+        })
     }
 }
 
@@ -61,6 +155,14 @@ pub enum RoleError {
     Serve(#[from] ServeError),
     #[error("role task failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("upstream: {0}")]
+    Client(#[from] ClientError),
+    #[error("JWT signing key: {0}")]
+    Keys(#[from] KeyError),
+    #[error("ORDERMESH_JWT_SIGNING_KEY_FILE must be set when the store is not embedded")]
+    NoSigningKey,
+    #[error("bootstrapping the admin account: {0}")]
+    Bootstrap(tonic::Status),
 }
 
 /// Everything a service role needs to run.
@@ -68,6 +170,10 @@ pub struct ServiceConfig {
     pub mesh: MeshConfig,
     pub listen: ListenConfig,
     pub store: StoreConfig,
+    pub upstreams: Upstreams,
+    pub jwt: JwtSettings,
+    /// user-service creates this admin account at start if it does not exist (`up`).
+    pub bootstrap_admin: Option<(String, String)>,
 }
 
 impl ServiceConfig {
@@ -77,6 +183,9 @@ impl ServiceConfig {
             mesh: MeshConfig::from_env()?,
             listen: ListenConfig::from_env(role.default_grpc_addr())?,
             store: StoreConfig::from_env(PathBuf::from(".ordermesh/data"))?,
+            upstreams: Upstreams::from_env()?,
+            jwt: JwtSettings::from_env()?,
+            bootstrap_admin: None,
         })
     }
 }
@@ -123,17 +232,73 @@ impl BoundService {
         })
     }
 
+    /// The configuration the role will serve with (e.g. to point it at upstreams bound later).
+    pub fn config_mut(&mut self) -> &mut ServiceConfig {
+        &mut self.config
+    }
+
     /// Opens the role's store and serves until `shutdown` triggers and calls drain.
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), RoleError> {
         let metrics = Arc::new(Metrics::new());
-        let server = GrpcServer::new(self.config.mesh.clone(), metrics);
+        let config = &self.config;
+        let channels = ChannelFactory::new(&config.mesh, metrics.clone())?;
+        let server = GrpcServer::new(config.mesh.clone(), metrics);
         let server = match self.role {
             Role::Audit => {
-                let table = self.config.store.open(schema::AUDIT).await?;
+                let table = config.store.open(schema::AUDIT).await?;
                 server.add_service(AuditServer::new(AuditLog::new(table)).into_service())
+            }
+            Role::User => {
+                let table = config.store.open(schema::USERS).await?;
+                let outbox = Outbox::new(workloads::USER);
+                let audit = AuditServiceClient::new(
+                    channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
+                );
+                outbox.spawn_relay(table.clone(), audit, shutdown.clone());
+                let keys = signing_keys(config)?;
+                let tokens = TokenConfig {
+                    issuer: config.jwt.issuer.clone(),
+                    audience: config.jwt.audience.clone(),
+                    ..TokenConfig::default()
+                };
+                let users = UserServer::new(UserStore::new(table), Arc::new(keys), outbox, tokens);
+                if let Some((email, password)) = &config.bootstrap_admin {
+                    users
+                        .ensure_admin(email, password)
+                        .await
+                        .map_err(RoleError::Bootstrap)?;
+                }
+                server.add_service(users.into_service())
             }
         };
         server.serve(self.listeners, shutdown).await?;
         Ok(())
     }
+}
+
+fn read_key(path: &std::path::Path) -> Result<String, RoleError> {
+    std::fs::read_to_string(path).map_err(|source| {
+        RoleError::Keys(KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    })
+}
+
+/// The configured signing key, or one generated under the embedded data directory.
+fn signing_keys(config: &ServiceConfig) -> Result<SigningKeys, RoleError> {
+    let current = match (&config.jwt.signing_key_file, &config.store) {
+        (Some(path), _) => read_key(path)?,
+        (None, StoreConfig::Embedded { data_dir }) => {
+            SigningKeys::load_or_create(&data_dir.join("jwt-signing-key.pem"))?
+        }
+        (None, StoreConfig::DynamoDb(_)) => return Err(RoleError::NoSigningKey),
+    };
+    let previous = config
+        .jwt
+        .previous_key_files
+        .iter()
+        .map(|p| read_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SigningKeys::from_pem(&current, &previous)?)
 }

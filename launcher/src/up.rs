@@ -12,7 +12,7 @@ use ordermesh_platform::identity::workloads;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
 
-use crate::roles::{BoundService, Role, RoleError, ServiceConfig};
+use crate::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -62,6 +62,13 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+fn endpoint(info: &MeshInfo, role: Role) -> String {
+    info.services
+        .get(role.short_name())
+        .map(|addr| format!("https://{addr}"))
+        .unwrap_or_default()
+}
+
 /// Runs the mesh until `shutdown` triggers.
 pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
     let io = |path: &Path| {
@@ -91,11 +98,13 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             }
         },
     };
-    for (i, role) in Role::SERVICES.iter().copied().enumerate() {
+    // Bind every role first so each knows where the others really are.
+    let mut bound = Vec::new();
+    for role in Role::SERVICES.iter().copied() {
         let port = if options.base_port == 0 {
             0
         } else {
-            options.base_port + i as u16
+            options.base_port + role.port_offset()
         };
         let config = ServiceConfig {
             mesh: MeshConfig {
@@ -112,20 +121,34 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             store: StoreConfig::Embedded {
                 data_dir: options.data_dir.join("store"),
             },
+            upstreams: Upstreams::local(options.base_port.max(1)),
+            jwt: JwtSettings::default(),
+            bootstrap_admin: None,
         };
-        let bound = BoundService::bind(role, config).await?;
+        let service = BoundService::bind(role, config).await?;
+        info.services
+            .insert(role.short_name().to_string(), service.grpc_addr.to_string());
+        bound.push(service);
+    }
+    // Roles whose issues have not landed yet have no address; nothing calls them yet.
+    let upstreams = Upstreams {
+        user: endpoint(&info, Role::User),
+        order: String::new(),
+        payment: String::new(),
+        audit: endpoint(&info, Role::Audit),
+    };
+    for mut service in bound {
+        service.config_mut().upstreams = upstreams.clone();
         println!(
             "{:<16} grpc {}  metrics http://{}/metrics",
-            role.workload(),
-            bound.grpc_addr,
-            bound
+            service.role.workload(),
+            service.grpc_addr,
+            service
                 .metrics_addr
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        info.services
-            .insert(role.short_name().to_string(), bound.grpc_addr.to_string());
-        tasks.spawn(bound.serve(shutdown.clone()));
+        tasks.spawn(service.serve(shutdown.clone()));
     }
 
     let mesh_json = options.data_dir.join("mesh.json");

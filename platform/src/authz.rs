@@ -193,7 +193,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let decision = self.policy.caller_of(&req).and_then(|caller| {
-            self.policy.check(&caller, req.uri().path())?;
+            self.policy
+                .check_request(&caller, req.uri().path(), req.headers())?;
             Ok(caller)
         });
         match decision {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod identity;
 pub mod istio_policy;
+pub mod jwt;
 pub mod metrics;
 pub mod outbox;
 pub mod rpc_layer;

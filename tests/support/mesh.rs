@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ordermesh::roles::{BoundService, Role, RoleError, ServiceConfig};
+use ordermesh::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
 use ordermesh_platform::certs::CertDir;
 use ordermesh_platform::client::{ChannelFactory, MeshChannel};
 use ordermesh_platform::config::{ListenConfig, MeshConfig, MtlsMode, TlsFiles};
@@ -62,6 +62,24 @@ impl TestCerts {
     }
 }
 
+/// No upstreams: for roles that call nobody.
+pub fn no_upstreams() -> Upstreams {
+    Upstreams {
+        user: String::new(),
+        order: String::new(),
+        payment: String::new(),
+        audit: String::new(),
+    }
+}
+
+/// Upstreams with only audit-service known.
+pub fn audit_only(audit: SocketAddr) -> Upstreams {
+    Upstreams {
+        audit: format!("https://{audit}"),
+        ..no_upstreams()
+    }
+}
+
 /// A role serving on loopback until stopped.
 pub struct RunningService {
     pub grpc_addr: SocketAddr,
@@ -84,6 +102,17 @@ impl RunningService {
         data_dir: &std::path::Path,
         grpc: SocketAddr,
     ) -> Self {
+        Self::start_with(role, certs, data_dir, grpc, no_upstreams()).await
+    }
+
+    /// Starts `role` with the given upstream endpoints.
+    pub async fn start_with(
+        role: Role,
+        certs: &TestCerts,
+        data_dir: &std::path::Path,
+        grpc: SocketAddr,
+        upstreams: Upstreams,
+    ) -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = ServiceConfig {
             mesh: certs.mesh_config(role.workload()),
@@ -95,6 +124,9 @@ impl RunningService {
             store: StoreConfig::Embedded {
                 data_dir: data_dir.to_path_buf(),
             },
+            upstreams,
+            jwt: JwtSettings::default(),
+            bootstrap_admin: None,
         };
         let bound = BoundService::bind(role, config).await.expect("bind");
         let shutdown = Shutdown::new();

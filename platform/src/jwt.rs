@@ -1,0 +1,20 @@
+//! The access token's claims, shared by the issuer (user-service) and the verifier (the edge
+//! gateway). Tokens are EdDSA (Ed25519) JWTs with `kid` in the header.
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_ISSUER: &str = "https://ordermesh.local";
+pub const DEFAULT_AUDIENCE: &str = "ordermesh";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The user id.
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub roles: Vec<String>,
+}

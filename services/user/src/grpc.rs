@@ -1,0 +1,534 @@
+//! The gRPC face of user-service. The authorization layer has already checked the calling
+//! workload and, for calls forwarded by the gateway, the method's audience; this file checks
+//! object-level rights (a user sees only their own profile), validates input and maps errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordermesh_contracts::user::user_service_server::{UserService, UserServiceServer};
+use ordermesh_contracts::user::{
+    CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks, LoginRequest, LogoutRequest,
+    LogoutResponse, RefreshTokenRequest, Role, SetUserRolesRequest, TokenPair, UpdateUserRequest,
+    User,
+};
+use ordermesh_platform::authz::CallerIdentity;
+use ordermesh_platform::jwt::AccessClaims;
+use ordermesh_platform::outbox::Outbox;
+use ordermesh_platform::status::Violations;
+use ordermesh_platform::store::now_unix;
+use ordermesh_platform::user_context::UserContext;
+use tonic::{Request, Response, Status};
+
+use crate::accounts::{self, MAX_PASSWORD};
+use crate::keys::SigningKeys;
+use crate::sessions;
+use crate::store::{SessionRecord, UserRecord, UserStore, UserStoreError};
+
+/// Token lifetimes and the claims that bind a token to this deployment.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: ordermesh_platform::jwt::DEFAULT_ISSUER.into(),
+            audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+pub struct UserServer {
+    store: UserStore,
+    keys: Arc<SigningKeys>,
+    outbox: Outbox,
+    tokens: TokenConfig,
+}
+
+const INVALID_CREDENTIALS: &str = "invalid email or password";
+
+fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+fn role_name(role: Role) -> Option<&'static str> {
+    match role {
+        Role::User => Some("user"),
+        Role::Admin => Some("admin"),
+        Role::Unspecified => None,
+    }
+}
+
+fn role_of(name: &str) -> Role {
+    match name {
+        "admin" => Role::Admin,
+        "user" => Role::User,
+        _ => Role::Unspecified,
+    }
+}
+
+fn to_proto(u: &UserRecord) -> User {
+    User {
+        name: format!("users/{}", u.id),
+        email: u.email.clone(),
+        display_name: u.display_name.clone(),
+        roles: u.roles.iter().map(|r| role_of(r) as i32).collect(),
+        create_time: u.create_time,
+        update_time: u.update_time,
+    }
+}
+
+fn invalid(field: &str, description: &str) -> Status {
+    let mut v = Violations::new();
+    v.add(field, description);
+    v.into_result()
+        .err()
+        .unwrap_or_else(|| Status::invalid_argument(description.to_string()))
+}
+
+/// Who acted, for audit: the signed-in user, else the calling workload.
+fn actor_of<T>(req: &Request<T>, user: Option<&UserContext>) -> String {
+    match user {
+        Some(u) => format!("users/{}", u.user_id),
+        None => CallerIdentity::of(req)
+            .map(|w| format!("workloads/{}", w.service_account))
+            .unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::internal("worker failed"))
+}
+
+impl UserServer {
+    pub fn new(
+        store: UserStore,
+        keys: Arc<SigningKeys>,
+        outbox: Outbox,
+        tokens: TokenConfig,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            outbox,
+            tokens,
+        }
+    }
+
+    pub fn into_service(self) -> UserServiceServer<Self> {
+        UserServiceServer::new(self)
+    }
+
+    /// Creates an account with the admin role unless one exists for `email`; returns whether
+    /// it was created. Used by `ordermesh up` on first run.
+    pub async fn ensure_admin(&self, email: &str, password: &str) -> Result<bool, Status> {
+        let email = accounts::normalize_email(email).map_err(|d| invalid("email", d))?;
+        if self.store.find_by_email(&email).await?.is_some() {
+            return Ok(false);
+        }
+        let pw = password.to_string();
+        let hash = blocking(move || accounts::hash_password(&pw))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let record = UserRecord {
+            id: id.clone(),
+            email,
+            display_name: "Administrator".into(),
+            roles: vec!["user".into(), "admin".into()],
+            password_hash: hash,
+            create_time: Some(now()),
+            update_time: Some(now()),
+        };
+        let event = self.outbox.event(
+            "workloads/user-service",
+            "user.registered",
+            &format!("users/{id}"),
+        );
+        self.store
+            .create(&record, vec![self.outbox.write(event)])
+            .await?;
+        self.outbox.notify();
+        Ok(true)
+    }
+
+    fn access_token(&self, user: &UserRecord) -> Result<(String, i64), Status> {
+        let iat = now_unix();
+        let ttl = self.tokens.access_ttl.as_secs() as i64;
+        let claims = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            aud: self.tokens.audience.clone(),
+            sub: user.id.clone(),
+            exp: iat + ttl,
+            iat,
+            nbf: iat,
+            jti: uuid::Uuid::now_v7().to_string(),
+            roles: user.roles.clone(),
+        };
+        let token = self.keys.sign(&claims).map_err(|e| {
+            tracing::error!(error = %e, "signing an access token failed");
+            Status::internal("cannot issue a token")
+        })?;
+        Ok((token, ttl))
+    }
+
+    async fn new_session(&self, user: &UserRecord, action: &str) -> Result<TokenPair, Status> {
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let secret = sessions::new_secret();
+        let session = SessionRecord {
+            user_id: user.id.clone(),
+            current_hash: sessions::hash_secret(&secret),
+            previous_hashes: vec![],
+            revoked: false,
+            expires_at: now_unix() + self.tokens.refresh_ttl.as_secs() as i64,
+        };
+        let event = self.outbox.event(
+            &format!("users/{}", user.id),
+            action,
+            &format!("users/{}", user.id),
+        );
+        self.store
+            .create_session(&session_id, &session, vec![self.outbox.write(event)])
+            .await?;
+        self.outbox.notify();
+        let (access_token, expires_in) = self.access_token(user)?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token: sessions::format_token(&session_id, &secret),
+            token_type: "Bearer".into(),
+            expires_in,
+        })
+    }
+
+    /// The session a refresh token names, if the token is well formed and the session live.
+    async fn live_session(
+        &self,
+        token: &str,
+    ) -> Result<(String, String, SessionRecord, u64), Status> {
+        if token.is_empty() {
+            return Err(invalid("refresh_token", "is required"));
+        }
+        let (id, secret) = sessions::parse_token(token)
+            .ok_or_else(|| Status::unauthenticated("malformed refresh token"))?;
+        let (session, version) = self
+            .store
+            .session(id)
+            .await?
+            .filter(|(s, _)| !s.revoked)
+            .ok_or_else(|| Status::unauthenticated("refresh token is expired or revoked"))?;
+        Ok((id.to_string(), secret.to_string(), session, version))
+    }
+
+    /// Resolves `users/me` or `users/{id}` for the caller; another user's profile reads as
+    /// NOT_FOUND unless the caller is an admin (or an operator workload).
+    fn resolve_name(
+        &self,
+        name: &str,
+        user: Option<&UserContext>,
+        allow_admin: bool,
+    ) -> Result<String, Status> {
+        let id = name
+            .strip_prefix("users/")
+            .filter(|id| !id.is_empty() && !id.contains('/') && id.len() <= 64)
+            .ok_or_else(|| invalid("name", "must be users/me or users/{id}"))?;
+        match (id, user) {
+            ("me", Some(u)) => Ok(u.user_id.clone()),
+            ("me", None) => Err(Status::unauthenticated("users/me needs a signed-in user")),
+            (id, Some(u)) if id == u.user_id || (allow_admin && u.is_admin()) => Ok(id.to_string()),
+            (_, Some(_)) => Err(Status::not_found("user not found")),
+            (id, None) => Ok(id.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserServer {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let email = match accounts::normalize_email(&req.email) {
+            Ok(e) => e,
+            Err(d) => {
+                v.add("email", d);
+                String::new()
+            }
+        };
+        accounts::check_display_name(&mut v, "display_name", &req.display_name);
+        accounts::check_password(&mut v, &req.password, &email);
+        v.into_result()?;
+        let pw = req.password;
+        let hash = blocking(move || accounts::hash_password(&pw))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let record = UserRecord {
+            id: id.clone(),
+            email,
+            display_name: req.display_name.trim().to_string(),
+            roles: vec!["user".into()],
+            password_hash: hash,
+            create_time: Some(now()),
+            update_time: Some(now()),
+        };
+        let event = self.outbox.event(
+            &format!("users/{id}"),
+            "user.registered",
+            &format!("users/{id}"),
+        );
+        self.store
+            .create(&record, vec![self.outbox.write(event)])
+            .await?;
+        self.outbox.notify();
+        Ok(Response::new(to_proto(&record)))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let email = accounts::normalize_email(&req.email).unwrap_or_else(|d| {
+            v.add("email", d);
+            String::new()
+        });
+        v.check(!req.password.is_empty(), "password", "is required");
+        v.check(
+            req.password.len() <= 4 * MAX_PASSWORD,
+            "password",
+            "is too long",
+        );
+        v.into_result()?;
+
+        let found = self.store.find_by_email(&email).await?;
+        let pw = req.password;
+        let user = match found {
+            None => {
+                blocking(move || accounts::verify_against_nothing(&pw)).await?;
+                None
+            }
+            Some((user, _)) => {
+                let hash = user.password_hash.clone();
+                blocking(move || accounts::verify_password(&pw, &hash))
+                    .await?
+                    .then_some(user)
+            }
+        };
+        let Some(user) = user else {
+            let event = self
+                .outbox
+                .event("anonymous", "user.login_failed", "users/unknown");
+            self.store.record(vec![self.outbox.write(event)]).await?;
+            self.outbox.notify();
+            return Err(Status::unauthenticated(INVALID_CREDENTIALS));
+        };
+        Ok(Response::new(
+            self.new_session(&user, "user.logged_in").await?,
+        ))
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
+        let token = request.into_inner().refresh_token;
+        let (id, secret, mut session, version) = self.live_session(&token).await?;
+        let presented = sessions::hash_secret(&secret);
+        if sessions::same_hash(&presented, &session.current_hash) {
+            let next = sessions::new_secret();
+            let previous =
+                std::mem::replace(&mut session.current_hash, sessions::hash_secret(&next));
+            session.previous_hashes.insert(0, previous);
+            session.previous_hashes.truncate(sessions::REMEMBERED);
+            match self
+                .store
+                .update_session(&id, &session, version, vec![])
+                .await
+            {
+                Ok(()) => {}
+                Err(UserStoreError::Concurrent) => {
+                    return Err(Status::unauthenticated("refresh token was already used"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let (user, _) = self
+                .store
+                .get(&session.user_id)
+                .await?
+                .ok_or_else(|| Status::unauthenticated("the account no longer exists"))?;
+            let (access_token, expires_in) = self.access_token(&user)?;
+            return Ok(Response::new(TokenPair {
+                access_token,
+                refresh_token: sessions::format_token(&id, &next),
+                token_type: "Bearer".into(),
+                expires_in,
+            }));
+        }
+        if session
+            .previous_hashes
+            .iter()
+            .any(|h| sessions::same_hash(&presented, h))
+        {
+            // A rotated token came back: someone else holds it. End the whole session.
+            session.revoked = true;
+            let event = self.outbox.event(
+                &format!("users/{}", session.user_id),
+                "user.session_revoked",
+                &format!("users/{}", session.user_id),
+            );
+            self.store
+                .update_session(&id, &session, version, vec![self.outbox.write(event)])
+                .await?;
+            self.outbox.notify();
+            tracing::warn!(user = %session.user_id, "refresh token reuse: session revoked");
+            return Err(Status::unauthenticated(
+                "refresh token reuse detected; the session is revoked",
+            ));
+        }
+        Err(Status::unauthenticated("invalid refresh token"))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let token = request.into_inner().refresh_token;
+        let (id, secret, mut session, version) = self.live_session(&token).await?;
+        let presented = sessions::hash_secret(&secret);
+        let known = sessions::same_hash(&presented, &session.current_hash)
+            || session
+                .previous_hashes
+                .iter()
+                .any(|h| sessions::same_hash(&presented, h));
+        if !known {
+            return Err(Status::unauthenticated("invalid refresh token"));
+        }
+        session.revoked = true;
+        let event = self.outbox.event(
+            &format!("users/{}", session.user_id),
+            "user.logged_out",
+            &format!("users/{}", session.user_id),
+        );
+        self.store
+            .update_session(&id, &session, version, vec![self.outbox.write(event)])
+            .await?;
+        self.outbox.notify();
+        Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
+        Ok(Response::new(self.keys.jwks()))
+    }
+
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let user = UserContext::from_request(&request)?;
+        let id = self.resolve_name(&request.get_ref().name, user.as_ref(), true)?;
+        let (record, _) = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| Status::not_found("user not found"))?;
+        Ok(Response::new(to_proto(&record)))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let user = UserContext::from_request(&request)?;
+        let req = request.get_ref();
+        let patch = req
+            .user
+            .as_ref()
+            .ok_or_else(|| invalid("user", "is required"))?;
+        let id = self.resolve_name(&patch.name, user.as_ref(), false)?;
+        let paths: Vec<String> = match &req.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => vec!["display_name".into()],
+        };
+        let mut v = Violations::new();
+        for path in &paths {
+            match path.as_str() {
+                "display_name" | "displayName" => {
+                    accounts::check_display_name(&mut v, "user.display_name", &patch.display_name)
+                }
+                other => v.add(
+                    "update_mask",
+                    format!("{other} cannot be updated (updatable: display_name)"),
+                ),
+            }
+        }
+        v.into_result()?;
+        let (mut record, version) = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| Status::not_found("user not found"))?;
+        record.display_name = patch.display_name.trim().to_string();
+        record.update_time = Some(now());
+        let event = self.outbox.event(
+            &actor_of(&request, user.as_ref()),
+            "user.profile_updated",
+            &format!("users/{id}"),
+        );
+        self.store
+            .update(&record, version, vec![self.outbox.write(event)])
+            .await?;
+        self.outbox.notify();
+        Ok(Response::new(to_proto(&record)))
+    }
+
+    async fn set_user_roles(
+        &self,
+        request: Request<SetUserRolesRequest>,
+    ) -> Result<Response<User>, Status> {
+        let user = UserContext::from_request(&request)?;
+        let req = request.get_ref();
+        let id = self.resolve_name(&req.name, user.as_ref(), true)?;
+        let mut roles: Vec<String> = Vec::new();
+        let mut v = Violations::new();
+        v.check(
+            !req.roles.is_empty(),
+            "roles",
+            "at least one role is required",
+        );
+        for (i, r) in req.roles.iter().enumerate() {
+            match Role::try_from(*r).ok().and_then(role_name) {
+                Some(name) if !roles.iter().any(|x| x == name) => roles.push(name.to_string()),
+                Some(_) => {}
+                None => v.add(&format!("roles[{i}]"), "must be ROLE_USER or ROLE_ADMIN"),
+            }
+        }
+        v.into_result()?;
+        let (mut record, version) = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| Status::not_found("user not found"))?;
+        let before = record.roles.join(",");
+        record.roles = roles;
+        record.update_time = Some(now());
+        let mut event = self.outbox.event(
+            &actor_of(&request, user.as_ref()),
+            "user.role_changed",
+            &format!("users/{id}"),
+        );
+        event.attributes.insert("before".into(), before);
+        event
+            .attributes
+            .insert("after".into(), record.roles.join(","));
+        self.store
+            .update(&record, version, vec![self.outbox.write(event)])
+            .await?;
+        self.outbox.notify();
+        Ok(Response::new(to_proto(&record)))
+    }
+}

@@ -1,0 +1,11 @@
+//! user-service: who a user is and how they prove it.
+
+pub mod accounts;
+pub mod grpc;
+pub mod keys;
+pub mod sessions;
+pub mod store;
+
+pub use grpc::UserServer;
+pub use keys::SigningKeys;
+pub use store::UserStore;
