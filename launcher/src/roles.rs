@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ordermesh_audit_service::{AuditLog, AuditServer};
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
+use ordermesh_payment_service::{PaymentServer, Wallets};
 use ordermesh_platform::client::{ChannelFactory, ClientError};
 use ordermesh_platform::config::{ConfigError, ListenConfig, MeshConfig, env_opt, env_or};
 use ordermesh_platform::identity::workloads;
@@ -24,17 +25,19 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
     User,
+    Payment,
     Audit,
 }
 
 impl Role {
     /// Every service role, in start order.
-    pub const SERVICES: &'static [Role] = &[Role::Audit, Role::User];
+    pub const SERVICES: &'static [Role] = &[Role::Audit, Role::User, Role::Payment];
 
     /// The short name `serve` and `mesh.json` use.
     pub fn short_name(self) -> &'static str {
         match self {
             Role::User => "user",
+            Role::Payment => "payment",
             Role::Audit => "audit",
         }
     }
@@ -43,6 +46,7 @@ impl Role {
     pub fn workload(self) -> &'static str {
         match self {
             Role::User => workloads::USER,
+            Role::Payment => workloads::PAYMENT,
             Role::Audit => workloads::AUDIT,
         }
     }
@@ -51,6 +55,7 @@ impl Role {
     pub fn port_offset(self) -> u16 {
         match self {
             Role::User => 0,
+            Role::Payment => 2,
             Role::Audit => 3,
         }
     }
@@ -247,6 +252,15 @@ impl BoundService {
             Role::Audit => {
                 let table = config.store.open(schema::AUDIT).await?;
                 server.add_service(AuditServer::new(AuditLog::new(table)).into_service())
+            }
+            Role::Payment => {
+                let table = config.store.open(schema::PAYMENTS).await?;
+                let outbox = Outbox::new(workloads::PAYMENT);
+                let audit = AuditServiceClient::new(
+                    channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
+                );
+                outbox.spawn_relay(table.clone(), audit, shutdown.clone());
+                server.add_service(PaymentServer::new(Wallets::new(table, outbox)).into_service())
             }
             Role::User => {
                 let table = config.store.open(schema::USERS).await?;

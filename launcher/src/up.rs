@@ -134,7 +134,7 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
     let upstreams = Upstreams {
         user: endpoint(&info, Role::User),
         order: String::new(),
-        payment: String::new(),
+        payment: endpoint(&info, Role::Payment),
         audit: endpoint(&info, Role::Audit),
     };
     for mut service in bound {

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod istio_policy;
 pub mod jwt;
 pub mod metrics;
+pub mod money;
 pub mod outbox;
 pub mod rpc_layer;
 pub mod server;

@@ -113,6 +113,20 @@ impl RunningService {
         grpc: SocketAddr,
         upstreams: Upstreams,
     ) -> Self {
+        let store = StoreConfig::Embedded {
+            data_dir: data_dir.to_path_buf(),
+        };
+        Self::start_on(role, certs, store, grpc, upstreams).await
+    }
+
+    /// Starts `role` on any store backend.
+    pub async fn start_on(
+        role: Role,
+        certs: &TestCerts,
+        store: StoreConfig,
+        grpc: SocketAddr,
+        upstreams: Upstreams,
+    ) -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = ServiceConfig {
             mesh: certs.mesh_config(role.workload()),
@@ -121,9 +135,7 @@ impl RunningService {
                 health: Some(loopback),
                 metrics: Some(loopback),
             },
-            store: StoreConfig::Embedded {
-                data_dir: data_dir.to_path_buf(),
-            },
+            store,
             upstreams,
             jwt: JwtSettings::default(),
             bootstrap_admin: None,
