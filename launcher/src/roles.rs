@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use ordermesh_audit_service::{AuditLog, AuditServer};
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
+use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
+use ordermesh_order_service::catalog::Catalog;
+use ordermesh_order_service::orders::Orders;
+use ordermesh_order_service::{CatalogServer, OrderSaga, OrderServer, SagaSettings};
 use ordermesh_payment_service::{PaymentServer, Wallets};
 use ordermesh_platform::client::{ChannelFactory, ClientError};
 use ordermesh_platform::config::{ConfigError, ListenConfig, MeshConfig, env_opt, env_or};
@@ -25,18 +29,20 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
     User,
+    Order,
     Payment,
     Audit,
 }
 
 impl Role {
     /// Every service role, in start order.
-    pub const SERVICES: &'static [Role] = &[Role::Audit, Role::User, Role::Payment];
+    pub const SERVICES: &'static [Role] = &[Role::Audit, Role::User, Role::Payment, Role::Order];
 
     /// The short name `serve` and `mesh.json` use.
     pub fn short_name(self) -> &'static str {
         match self {
             Role::User => "user",
+            Role::Order => "order",
             Role::Payment => "payment",
             Role::Audit => "audit",
         }
@@ -46,6 +52,7 @@ impl Role {
     pub fn workload(self) -> &'static str {
         match self {
             Role::User => workloads::USER,
+            Role::Order => workloads::ORDER,
             Role::Payment => workloads::PAYMENT,
             Role::Audit => workloads::AUDIT,
         }
@@ -55,6 +62,7 @@ impl Role {
     pub fn port_offset(self) -> u16 {
         match self {
             Role::User => 0,
+            Role::Order => 1,
             Role::Payment => 2,
             Role::Audit => 3,
         }
@@ -166,6 +174,8 @@ pub enum RoleError {
     Keys(#[from] KeyError),
     #[error("ORDERMESH_JWT_SIGNING_KEY_FILE must be set when the store is not embedded")]
     NoSigningKey,
+    #[error("seeding the demo catalog: {0}")]
+    Seed(String),
     #[error("bootstrapping the admin account: {0}")]
     Bootstrap(tonic::Status),
 }
@@ -179,6 +189,10 @@ pub struct ServiceConfig {
     pub jwt: JwtSettings,
     /// user-service creates this admin account at start if it does not exist (`up`).
     pub bootstrap_admin: Option<(String, String)>,
+    /// order-service: payment deadline and re-drive interval.
+    pub saga: SagaSettings,
+    /// order-service adds demo products to an empty catalog (`up`).
+    pub seed_demo_catalog: bool,
 }
 
 impl ServiceConfig {
@@ -191,6 +205,8 @@ impl ServiceConfig {
             upstreams: Upstreams::from_env()?,
             jwt: JwtSettings::from_env()?,
             bootstrap_admin: None,
+            saga: SagaSettings::default(),
+            seed_demo_catalog: env_or("ORDERMESH_SEED_DEMO_CATALOG", false)?,
         })
     }
 }
@@ -252,6 +268,38 @@ impl BoundService {
             Role::Audit => {
                 let table = config.store.open(schema::AUDIT).await?;
                 server.add_service(AuditServer::new(AuditLog::new(table)).into_service())
+            }
+            Role::Order => {
+                let table = config.store.open(schema::ORDERS).await?;
+                let outbox = Outbox::new(workloads::ORDER);
+                let audit = AuditServiceClient::new(
+                    channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
+                );
+                outbox.spawn_relay(table.clone(), audit, shutdown.clone());
+                let payment = PaymentServiceClient::new(
+                    channels.channel(workloads::PAYMENT, &config.upstreams.payment)?,
+                );
+                let catalog = Catalog::new(table.clone());
+                if config.seed_demo_catalog {
+                    let added = catalog
+                        .seed_demo()
+                        .await
+                        .map_err(|e| RoleError::Seed(e.to_string()))?;
+                    if added > 0 {
+                        tracing::info!(products = added, "seeded the demo catalog");
+                    }
+                }
+                let saga = OrderSaga::new(
+                    Orders::new(table),
+                    catalog.clone(),
+                    payment,
+                    outbox,
+                    config.saga.clone(),
+                );
+                saga.spawn_redriver(shutdown.clone());
+                server
+                    .add_service(CatalogServer::new(catalog).into_service())
+                    .add_service(OrderServer::new(saga).into_service())
             }
             Role::Payment => {
                 let table = config.store.open(schema::PAYMENTS).await?;

@@ -13,6 +13,7 @@ use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
 
 use crate::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
+use ordermesh_order_service::SagaSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -124,6 +125,8 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             upstreams: Upstreams::local(options.base_port.max(1)),
             jwt: JwtSettings::default(),
             bootstrap_admin: None,
+            saga: SagaSettings::default(),
+            seed_demo_catalog: true,
         };
         let service = BoundService::bind(role, config).await?;
         info.services
@@ -133,7 +136,7 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
     // Roles whose issues have not landed yet have no address; nothing calls them yet.
     let upstreams = Upstreams {
         user: endpoint(&info, Role::User),
-        order: String::new(),
+        order: endpoint(&info, Role::Order),
         payment: endpoint(&info, Role::Payment),
         audit: endpoint(&info, Role::Audit),
     };

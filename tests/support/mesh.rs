@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ordermesh::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
+use ordermesh_order_service::SagaSettings;
 use ordermesh_platform::certs::CertDir;
 use ordermesh_platform::client::{ChannelFactory, MeshChannel};
 use ordermesh_platform::config::{ListenConfig, MeshConfig, MtlsMode, TlsFiles};
@@ -139,6 +140,11 @@ impl RunningService {
             upstreams,
             jwt: JwtSettings::default(),
             bootstrap_admin: None,
+            saga: SagaSettings {
+                payment_deadline: Duration::from_secs(2),
+                redrive_every: Duration::from_millis(200),
+            },
+            seed_demo_catalog: false,
         };
         let bound = BoundService::bind(role, config).await.expect("bind");
         let shutdown = Shutdown::new();

@@ -1,0 +1,489 @@
+//! Placing, paying for and unwinding orders.
+//!
+//! Create: one batch reserves stock (versioned product writes), stores the order as
+//! PENDING_PAYMENT, claims the idempotency key, marks the charge pending and records the
+//! event. Then the charge goes to payment-service under a deadline with a key derived from the
+//! order, so any number of attempts charge at most once:
+//! - charged: CONFIRMED;
+//! - declined: CANCELLED with the reason, stock released;
+//! - unknown (timeout, payment down): stays PENDING_PAYMENT; the re-driver retries later.
+//!
+//! Every transition is a write conditional on the version read, so of two racing transitions
+//! exactly one wins. Cancelling a confirmed order marks it CANCELLED (and a refund owed) first,
+//! then refunds; a refund that cannot be made now is finished by the re-driver.
+
+use std::time::Duration;
+
+use ordermesh_contracts::order::{Order, OrderItem, OrderState};
+use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
+use ordermesh_contracts::payment::{ChargeRequest, RefundRequest};
+use ordermesh_platform::client::MeshChannel;
+use ordermesh_platform::money::{MAX_AMOUNT_MINOR, money};
+use ordermesh_platform::outbox::Outbox;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::store::{Condition, NewItem, StoreError, Write};
+use tonic::Code;
+
+use crate::catalog::Catalog;
+use crate::orders::{OrderError, OrderRecord, Orders, PENDING, key_pk, state_name};
+
+const MAX_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    /// Deadline of each call to payment-service.
+    pub payment_deadline: Duration,
+    /// How often the re-driver looks for unfinished work.
+    pub redrive_every: Duration,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            payment_deadline: Duration::from_secs(3),
+            redrive_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A line of a new order, as the client asked for it.
+pub struct Line {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+#[derive(Clone)]
+pub struct OrderSaga {
+    pub orders: Orders,
+    pub catalog: Catalog,
+    payment: PaymentServiceClient<MeshChannel>,
+    outbox: Outbox,
+    settings: SagaSettings,
+}
+
+fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+fn order_id(o: &Order) -> &str {
+    o.name.trim_start_matches("orders/")
+}
+
+fn pending_write(kind: &str, id: &str) -> Write {
+    Write::put(
+        NewItem::new(PENDING, format!("{kind}#{id}"), Vec::new()),
+        Condition::NotExists,
+    )
+}
+
+fn pending_done(kind: &str, id: &str) -> Write {
+    Write::Delete {
+        pk: PENDING.into(),
+        sk: format!("{kind}#{id}"),
+        condition: Condition::None,
+    }
+}
+
+/// A charge that failed for good (the payment said no) rather than for now.
+fn is_decline(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound
+    )
+}
+
+impl OrderSaga {
+    pub fn new(
+        orders: Orders,
+        catalog: Catalog,
+        payment: PaymentServiceClient<MeshChannel>,
+        outbox: Outbox,
+        settings: SagaSettings,
+    ) -> Self {
+        Self {
+            orders,
+            catalog,
+            payment,
+            outbox,
+            settings,
+        }
+    }
+
+    fn event(&self, order: &Order, actor: &str, action: &str) -> Write {
+        let mut e = self.outbox.event(actor, action, &order.name);
+        e.attributes.insert(
+            "state".into(),
+            state_name(OrderState::try_from(order.state).unwrap_or_default()).into(),
+        );
+        if let Some(t) = &order.total {
+            e.attributes
+                .insert("total_minor".into(), t.amount_minor.to_string());
+            e.attributes.insert("currency".into(), t.currency.clone());
+        }
+        self.outbox.write(e)
+    }
+
+    /// Places an order (or returns the one this key placed before) and tries to pay for it.
+    pub async fn place(
+        &self,
+        user: &str,
+        lines: &[Line],
+        currency: &str,
+        key: &str,
+    ) -> Result<Order, OrderError> {
+        let mut placed = None;
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(id) = self.orders.by_key(user, key).await? {
+                let (rec, _) = self.orders.get(&id).await?.ok_or(OrderError::NotFound)?;
+                return rec.order.ok_or(OrderError::NotFound);
+            }
+            let mut writes = Vec::new();
+            let mut items = Vec::with_capacity(lines.len());
+            let mut total: i64 = 0;
+            for line in lines {
+                let (product, version) =
+                    self.catalog
+                        .get(&line.sku)
+                        .await?
+                        .ok_or_else(|| OrderError::OutOfStock {
+                            sku: line.sku.clone(),
+                            available: 0,
+                        })?;
+                let price = product.unit_price.clone().unwrap_or_default();
+                if price.currency != currency {
+                    return Err(OrderError::Corrupt(format!(
+                        "{} is priced in {}, not {currency}",
+                        line.sku, price.currency
+                    )));
+                }
+                if product.stock < line.quantity {
+                    return Err(OrderError::OutOfStock {
+                        sku: line.sku.clone(),
+                        available: product.stock,
+                    });
+                }
+                total = price
+                    .amount_minor
+                    .checked_mul(line.quantity)
+                    .and_then(|t| total.checked_add(t))
+                    .filter(|t| *t <= MAX_AMOUNT_MINOR)
+                    .ok_or(OrderError::TooLarge)?;
+                writes.push(Catalog::stock_write(
+                    &product,
+                    version,
+                    product.stock - line.quantity,
+                ));
+                items.push(OrderItem {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price: Some(price),
+                });
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            let order = Order {
+                name: format!("orders/{id}"),
+                user_id: user.to_string(),
+                items,
+                total: Some(money(currency, total)),
+                state: OrderState::PendingPayment as i32,
+                cancel_reason: String::new(),
+                payment: String::new(),
+                create_time: Some(now()),
+                update_time: Some(now()),
+            };
+            let rec = OrderRecord {
+                order: Some(order.clone()),
+                idempotency_key: key.to_string(),
+                refund_pending: false,
+            };
+            let mut batch = vec![
+                Write::put(
+                    NewItem::new(key_pk(user, key), "key", id.clone().into_bytes()),
+                    Condition::NotExists,
+                ),
+                Orders::put(&rec, None),
+                pending_write("pay", &id),
+                self.event(&order, &format!("users/{user}"), "order.created"),
+            ];
+            batch.append(&mut writes);
+            match self.orders.table().write(batch).await {
+                Ok(_) => {
+                    self.outbox.notify();
+                    placed = Some(id);
+                    break;
+                }
+                // Key taken by a concurrent twin, or stock moved: look again.
+                Err(e) if e.is_condition_failed() || e.is_retryable() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let id = placed.ok_or(OrderError::Contended)?;
+        self.settle_charge(&id).await
+    }
+
+    /// Tries to charge a PENDING_PAYMENT order and moves it on by the outcome.
+    pub async fn settle_charge(&self, id: &str) -> Result<Order, OrderError> {
+        let (rec, _) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
+        let order = rec.order.clone().ok_or(OrderError::NotFound)?;
+        if rec.state() != OrderState::PendingPayment {
+            return Ok(order);
+        }
+        let mut req = tonic::Request::new(ChargeRequest {
+            user_id: order.user_id.clone(),
+            order: order.name.clone(),
+            amount: order.total.clone(),
+            idempotency_key: format!("order:{id}"),
+        });
+        req.set_timeout(self.settings.payment_deadline);
+        match self.payment.clone().charge(req).await {
+            Ok(payment) => {
+                let payment = payment.into_inner().name;
+                self.transition(
+                    id,
+                    &[OrderState::PendingPayment],
+                    OrderState::Confirmed,
+                    "order.confirmed",
+                    "workloads/order-service",
+                    |rec| {
+                        if let Some(o) = rec.order.as_mut() {
+                            o.payment = payment.clone();
+                        }
+                        vec![pending_done("pay", id)]
+                    },
+                )
+                .await
+            }
+            Err(status) if is_decline(&status) => {
+                let reason = format!("payment declined: {}", status.message());
+                self.cancel_with_release(
+                    id,
+                    &[OrderState::PendingPayment],
+                    &reason,
+                    "workloads/order-service",
+                    false,
+                )
+                .await
+            }
+            Err(status) => {
+                tracing::warn!(order = id, code = ?status.code(), "charge outcome unknown; the re-driver will retry");
+                Ok(order)
+            }
+        }
+    }
+
+    /// Moves an order from one of `from` to `to`, with `extra` writes, if nobody moved it first.
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[OrderState],
+        to: OrderState,
+        action: &str,
+        actor: &str,
+        extra: impl Fn(&mut OrderRecord) -> Vec<Write>,
+    ) -> Result<Order, OrderError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut rec, version) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
+            let current = rec.state();
+            if current == to && from.contains(&OrderState::PendingPayment) {
+                // Someone (the re-driver or a retry) already finished it.
+                return rec.order.ok_or(OrderError::NotFound);
+            }
+            if !from.contains(&current) {
+                return Err(OrderError::IllegalTransition {
+                    current: state_name(current),
+                    wanted: state_name(to),
+                });
+            }
+            let mut writes = extra(&mut rec);
+            if let Some(o) = rec.order.as_mut() {
+                o.state = to as i32;
+                o.update_time = Some(now());
+            }
+            let order = rec.order.clone().unwrap_or_default();
+            writes.insert(0, Orders::put(&rec, Some(version)));
+            writes.push(self.event(&order, actor, action));
+            match self.orders.table().write(writes).await {
+                Ok(_) => {
+                    self.outbox.notify();
+                    return Ok(order);
+                }
+                Err(e) if e.is_condition_failed() || e.is_retryable() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(OrderError::Contended)
+    }
+
+    /// CANCELLED with stock back on the shelf; `refund` marks a refund as owed.
+    async fn cancel_with_release(
+        &self,
+        id: &str,
+        from: &[OrderState],
+        reason: &str,
+        actor: &str,
+        refund: bool,
+    ) -> Result<Order, OrderError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (rec, _) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
+            let order = rec.order.clone().unwrap_or_default();
+            let mut release = Vec::new();
+            for item in &order.items {
+                if let Some((p, v)) = self.catalog.get(&item.sku).await? {
+                    release.push(Catalog::stock_write(&p, v, p.stock + item.quantity));
+                }
+            }
+            let result = self
+                .transition(
+                    id,
+                    from,
+                    OrderState::Cancelled,
+                    "order.cancelled",
+                    actor,
+                    |rec| {
+                        if let Some(o) = rec.order.as_mut() {
+                            o.cancel_reason = reason.to_string();
+                        }
+                        let mut w = release.clone();
+                        if from.contains(&OrderState::PendingPayment) {
+                            w.push(pending_done("pay", id));
+                        }
+                        if refund {
+                            rec.refund_pending = true;
+                            w.push(pending_write("refund", id));
+                        }
+                        w
+                    },
+                )
+                .await;
+            match result {
+                // Stock moved under us (the batch's product writes failed): read again.
+                Err(OrderError::Contended) => continue,
+                other => return other,
+            }
+        }
+        Err(OrderError::Contended)
+    }
+
+    /// A user (or admin) cancels: allowed until the order ships; a paid order is refunded.
+    pub async fn cancel(&self, id: &str, reason: &str, actor: &str) -> Result<Order, OrderError> {
+        let (rec, _) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
+        match rec.state() {
+            OrderState::Confirmed => {
+                let reason = if reason.is_empty() {
+                    "cancelled by the customer"
+                } else {
+                    reason
+                };
+                let order = self
+                    .cancel_with_release(id, &[OrderState::Confirmed], reason, actor, true)
+                    .await?;
+                self.settle_refund(id).await?;
+                Ok(self
+                    .orders
+                    .get(id)
+                    .await?
+                    .and_then(|(r, _)| r.order)
+                    .unwrap_or(order))
+            }
+            current => Err(OrderError::IllegalTransition {
+                current: state_name(current),
+                wanted: state_name(OrderState::Cancelled),
+            }),
+        }
+    }
+
+    /// Refunds a cancelled order's payment if a refund is still owed.
+    pub async fn settle_refund(&self, id: &str) -> Result<(), OrderError> {
+        let (rec, version) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
+        if !rec.refund_pending {
+            return Ok(());
+        }
+        let order = rec.order.clone().unwrap_or_default();
+        let mut req = tonic::Request::new(RefundRequest {
+            payment: order.payment.clone(),
+            amount: None,
+            idempotency_key: format!("cancel:{id}"),
+        });
+        req.set_timeout(self.settings.payment_deadline);
+        match self.payment.clone().refund(req).await {
+            Ok(_) => {
+                let mut done = rec;
+                done.refund_pending = false;
+                match self
+                    .orders
+                    .table()
+                    .write(vec![
+                        Orders::put(&done, Some(version)),
+                        pending_done("refund", id),
+                    ])
+                    .await
+                {
+                    Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(status) => {
+                tracing::warn!(order = id, code = ?status.code(), "refund not made yet; the re-driver will retry");
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn ship(&self, id: &str, actor: &str) -> Result<Order, OrderError> {
+        self.transition(
+            id,
+            &[OrderState::Confirmed],
+            OrderState::Shipped,
+            "order.shipped",
+            actor,
+            |_| vec![],
+        )
+        .await
+    }
+
+    pub async fn deliver(&self, id: &str, actor: &str) -> Result<Order, OrderError> {
+        self.transition(
+            id,
+            &[OrderState::Shipped],
+            OrderState::Delivered,
+            "order.delivered",
+            actor,
+            |_| vec![],
+        )
+        .await
+    }
+
+    /// Finishes charges and refunds left unfinished, until `shutdown`.
+    pub fn spawn_redriver(&self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        let saga = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(saga.settings.redrive_every) => {}
+                    _ = shutdown.wait() => return,
+                }
+                let work = match saga.orders.pending(100).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-driver cannot read pending work");
+                        continue;
+                    }
+                };
+                for (kind, id) in work {
+                    let outcome = match kind.as_str() {
+                        "pay" => saga.settle_charge(&id).await.map(|_| ()),
+                        "refund" => saga.settle_refund(&id).await,
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = outcome {
+                        tracing::warn!(order = %id, error = %e, "re-drive failed");
+                    }
+                }
+            }
+        })
+    }
+
+    pub fn order_id(o: &Order) -> &str {
+        order_id(o)
+    }
+}
