@@ -42,6 +42,9 @@ enum Command {
         /// First gRPC port; roles use consecutive ports, or free ones when taken.
         #[arg(long, default_value_t = 50051)]
         base_port: u16,
+        /// The gateway's HTTP port (a free one is used when it is taken).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
     },
     /// Run one role of the mesh, as each Kubernetes pod does. Configured by `ORDERMESH_*`
     /// variables (see the README); stops on SIGTERM/SIGINT after draining in-flight calls.
@@ -116,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             data_dir,
             base_port,
+            http_port,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ordermesh::up::UpOptions {
                         data_dir,
                         base_port,
+                        http_port,
                     },
                     shutdown,
                 )
@@ -172,14 +177,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(role: Role) -> anyhow::Result<()> {
     let telemetry = telemetry::init(role.workload(), LogFormat::Json)?;
-    let config = ServiceConfig::from_env(role)?;
     let shutdown = Shutdown::new();
     shutdown.on_signal();
-    let bound = BoundService::bind(role, config).await?;
-    let result = bound.serve(shutdown).await;
+    let result: anyhow::Result<()> = if role == Role::Gateway {
+        async {
+            let mesh = ordermesh_platform::config::MeshConfig::from_env()?;
+            let config = ordermesh_edge_gateway::GatewayConfig::from_env()?;
+            let upstreams = ordermesh::roles::Upstreams::from_env()?;
+            let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+            let gateway = ordermesh::roles::build_gateway(&mesh, config, &upstreams)?;
+            Ok(gateway.serve(listener, shutdown).await?)
+        }
+        .await
+    } else {
+        async {
+            let config = ServiceConfig::from_env(role)?;
+            let bound = BoundService::bind(role, config).await?;
+            Ok(bound.serve(shutdown).await?)
+        }
+        .await
+    };
     let flushed = tokio::task::spawn_blocking(move || telemetry.flush()).await;
     if let Err(e) = flushed {
         eprintln!("trace flush failed: {e}");
     }
-    Ok(result?)
+    result
 }

@@ -7,6 +7,10 @@ use std::sync::Arc;
 use ordermesh_audit_service::{AuditLog, AuditServer};
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
+use ordermesh_contracts::user::user_service_client::UserServiceClient;
+use ordermesh_edge_gateway::auth::Verifier;
+use ordermesh_edge_gateway::backends::Backends;
+use ordermesh_edge_gateway::{Gateway, GatewayConfig};
 use ordermesh_order_service::catalog::Catalog;
 use ordermesh_order_service::orders::Orders;
 use ordermesh_order_service::{CatalogServer, OrderSaga, OrderServer, SagaSettings};
@@ -32,6 +36,8 @@ pub enum Role {
     Order,
     Payment,
     Audit,
+    /// The edge gateway (HTTP, not gRPC).
+    Gateway,
 }
 
 impl Role {
@@ -45,6 +51,7 @@ impl Role {
             Role::Order => "order",
             Role::Payment => "payment",
             Role::Audit => "audit",
+            Role::Gateway => "gateway",
         }
     }
 
@@ -55,6 +62,7 @@ impl Role {
             Role::Order => workloads::ORDER,
             Role::Payment => workloads::PAYMENT,
             Role::Audit => workloads::AUDIT,
+            Role::Gateway => workloads::GATEWAY,
         }
     }
 
@@ -65,6 +73,7 @@ impl Role {
             Role::Order => 1,
             Role::Payment => 2,
             Role::Audit => 3,
+            Role::Gateway => 4,
         }
     }
 
@@ -174,6 +183,10 @@ pub enum RoleError {
     Keys(#[from] KeyError),
     #[error("ORDERMESH_JWT_SIGNING_KEY_FILE must be set when the store is not embedded")]
     NoSigningKey,
+    #[error("the gateway is not a gRPC role; use serve_gateway")]
+    NotGrpc,
+    #[error("gateway routes: {0}")]
+    Routes(#[from] ordermesh_edge_gateway::routes::TemplateError),
     #[error("seeding the demo catalog: {0}")]
     Seed(String),
     #[error("bootstrapping the admin account: {0}")]
@@ -265,6 +278,7 @@ impl BoundService {
         let channels = ChannelFactory::new(&config.mesh, metrics.clone())?;
         let server = GrpcServer::new(config.mesh.clone(), metrics);
         let server = match self.role {
+            Role::Gateway => return Err(RoleError::NotGrpc),
             Role::Audit => {
                 let table = config.store.open(schema::AUDIT).await?;
                 server.add_service(AuditServer::new(AuditLog::new(table)).into_service())
@@ -363,4 +377,30 @@ fn signing_keys(config: &ServiceConfig) -> Result<SigningKeys, RoleError> {
         .map(|p| read_key(p))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(SigningKeys::from_pem(&current, &previous)?)
+}
+
+/// Builds the edge gateway: a channel per backend workload, the JWKS verifier and the routes.
+pub fn build_gateway(
+    mesh: &MeshConfig,
+    config: GatewayConfig,
+    upstreams: &Upstreams,
+) -> Result<Arc<Gateway>, RoleError> {
+    let metrics = Arc::new(Metrics::new());
+    let channels = ChannelFactory::new(mesh, metrics.clone())?;
+    let mut backends = Backends::new(config.deadline);
+    for (package, workload, endpoint) in [
+        ("ordermesh.user.v1", workloads::USER, &upstreams.user),
+        ("ordermesh.order.v1", workloads::ORDER, &upstreams.order),
+        (
+            "ordermesh.payment.v1",
+            workloads::PAYMENT,
+            &upstreams.payment,
+        ),
+        ("ordermesh.audit.v1", workloads::AUDIT, &upstreams.audit),
+    ] {
+        backends.add(package, workload, channels.channel(workload, endpoint)?);
+    }
+    let users = UserServiceClient::new(channels.channel(workloads::USER, &upstreams.user)?);
+    let verifier = Verifier::new(users, &config.jwt_issuer, &config.jwt_audience);
+    Ok(Arc::new(Gateway::new(config, backends, verifier, metrics)?))
 }

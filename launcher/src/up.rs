@@ -34,6 +34,8 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     /// First gRPC port; roles take consecutive ports from here (0: all ephemeral).
     pub base_port: u16,
+    /// The gateway's HTTP port (0: ephemeral).
+    pub http_port: u16,
 }
 
 /// Binds `preferred`, or an ephemeral loopback port when it is taken.
@@ -48,6 +50,7 @@ async fn free_addr(preferred: u16) -> SocketAddr {
 /// The mesh as started: what `mesh.json` says.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MeshInfo {
+    pub gateway: String,
     pub services: std::collections::BTreeMap<String, String>,
     pub tls: TlsInfo,
 }
@@ -61,6 +64,65 @@ pub struct TlsInfo {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+struct AdminCredentials {
+    email: String,
+    password: String,
+    created: bool,
+}
+
+/// The admin account of this data directory: read from `admin.json`, or made up and written
+/// there (mode 0600) on first run.
+fn admin_credentials(data_dir: &Path) -> Result<AdminCredentials, UpError> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Stored {
+        email: String,
+        password: String,
+    }
+    let path = data_dir.join("admin.json");
+    let io = |source| UpError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(stored) = serde_json::from_str::<Stored>(&text)
+    {
+        return Ok(AdminCredentials {
+            email: stored.email,
+            password: stored.password,
+            created: false,
+        });
+    }
+    let stored = Stored {
+        email: "admin@ordermesh.local".into(),
+        password: format!(
+            "{}-{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )[..32]
+            .to_string(),
+    };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(
+        serde_json::to_string_pretty(&stored)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .map_err(io)?;
+    Ok(AdminCredentials {
+        email: stored.email,
+        password: stored.password,
+        created: true,
+    })
 }
 
 fn endpoint(info: &MeshInfo, role: Role) -> String {
@@ -88,7 +150,9 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
     }
 
     let mut tasks = tokio::task::JoinSet::new();
+    let admin = admin_credentials(&options.data_dir)?;
     let mut info = MeshInfo {
+        gateway: String::new(),
         services: Default::default(),
         tls: {
             let op = cert_dir.files_for(workloads::OPERATOR);
@@ -124,7 +188,8 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             },
             upstreams: Upstreams::local(options.base_port.max(1)),
             jwt: JwtSettings::default(),
-            bootstrap_admin: None,
+            bootstrap_admin: (role == Role::User)
+                .then(|| (admin.email.clone(), admin.password.clone())),
             saga: SagaSettings::default(),
             seed_demo_catalog: true,
         };
@@ -154,6 +219,35 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         tasks.spawn(service.serve(shutdown.clone()));
     }
 
+    let gateway_listener = tokio::net::TcpListener::bind(free_addr(options.http_port).await)
+        .await
+        .map_err(io(&options.data_dir))?;
+    let gateway_addr = gateway_listener
+        .local_addr()
+        .map_err(io(&options.data_dir))?;
+    let gateway_mesh = MeshConfig {
+        trust_domain: MeshConfig::DEFAULT_TRUST_DOMAIN.into(),
+        namespace: MeshConfig::DEFAULT_NAMESPACE.into(),
+        mtls_mode: MtlsMode::Builtin,
+        tls: Some(cert_dir.files_for(workloads::GATEWAY)),
+    };
+    let gateway_config = ordermesh_edge_gateway::GatewayConfig {
+        http_addr: gateway_addr,
+        ..Default::default()
+    };
+    let gateway = crate::roles::build_gateway(&gateway_mesh, gateway_config, &upstreams)?;
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            gateway
+                .serve(gateway_listener, shutdown)
+                .await
+                .map_err(RoleError::Io)
+        });
+    }
+    info.gateway = format!("http://{gateway_addr}");
+    println!("{:<16} http://{gateway_addr}", workloads::GATEWAY);
+
     let mesh_json = options.data_dir.join("mesh.json");
     let text = serde_json::to_string_pretty(&info).unwrap_or_default();
     std::fs::write(&mesh_json, text).map_err(io(&mesh_json))?;
@@ -166,6 +260,15 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         );
     }
     println!("mesh described in {}", mesh_json.display());
+    if admin.created {
+        println!(
+            "admin account (shown once, kept in {}): {} / {}",
+            options.data_dir.join("admin.json").display(),
+            admin.email,
+            admin.password
+        );
+    }
+    println!("try: curl {}/v1/products", info.gateway);
     println!("ordermesh is ready (Ctrl-C to stop)");
 
     let mut first_error = None;

@@ -1,0 +1,148 @@
+//! Bearer tokens: EdDSA JWTs verified against user-service's JWKS. Keys are cached and
+//! refreshed when a token names an unknown `kid` (at most every few seconds) or when the cache
+//! is old, so key rotation needs no restart. The algorithm is pinned to EdDSA: `none`, HMAC
+//! and anything else are refused before a key is even looked up.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use ordermesh_contracts::user::GetJwksRequest;
+use ordermesh_contracts::user::user_service_client::UserServiceClient;
+use ordermesh_platform::client::MeshChannel;
+use ordermesh_platform::jwt::AccessClaims;
+use tokio::sync::RwLock;
+
+const MIN_REFRESH: Duration = Duration::from_secs(5);
+const MAX_AGE: Duration = Duration::from_secs(300);
+const LEEWAY_SECS: u64 = 30;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued for another issuer or audience")]
+    WrongAudience,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("signing keys are unavailable")]
+    KeysUnavailable,
+}
+
+struct Keys {
+    by_kid: HashMap<String, DecodingKey>,
+    fetched: Option<Instant>,
+}
+
+pub struct Verifier {
+    users: UserServiceClient<MeshChannel>,
+    keys: RwLock<Keys>,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(users: UserServiceClient<MeshChannel>, issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Self {
+            users,
+            keys: RwLock::new(Keys {
+                by_kid: HashMap::new(),
+                fetched: None,
+            }),
+            validation,
+        }
+    }
+
+    /// The `Authorization: Bearer` token, if any.
+    pub fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        Ok(token.trim())
+    }
+
+    async fn refresh(&self, force: bool) -> Result<(), AuthError> {
+        let mut keys = self.keys.write().await;
+        let fresh = keys.fetched.is_some_and(|t| t.elapsed() < MIN_REFRESH);
+        if fresh || (!force && keys.fetched.is_some_and(|t| t.elapsed() < MAX_AGE)) {
+            return Ok(());
+        }
+        let mut req = tonic::Request::new(GetJwksRequest {});
+        req.set_timeout(Duration::from_secs(3));
+        let jwks = self
+            .users
+            .clone()
+            .get_jwks(req)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot fetch the JWKS");
+                AuthError::KeysUnavailable
+            })?
+            .into_inner();
+        keys.by_kid = jwks
+            .keys
+            .iter()
+            .filter(|k| {
+                k.kty == "OKP" && k.crv == "Ed25519" && (k.alg.is_empty() || k.alg == "EdDSA")
+            })
+            .filter_map(|k| {
+                DecodingKey::from_ed_components(&k.x)
+                    .ok()
+                    .map(|d| (k.kid.clone(), d))
+            })
+            .collect();
+        keys.fetched = Some(Instant::now());
+        Ok(())
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Algorithm);
+        }
+        let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+        self.refresh(false).await?;
+        let mut key = self.keys.read().await.by_kid.get(&kid).cloned();
+        if key.is_none() {
+            self.refresh(true).await?;
+            key = self.keys.read().await.by_kid.get(&kid).cloned();
+        }
+        let key = key.ok_or(AuthError::UnknownKey)?;
+        jsonwebtoken::decode::<AccessClaims>(token, &key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                        AuthError::WrongAudience
+                    }
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                    _ => AuthError::Malformed,
+                }
+            })
+    }
+}

@@ -1,0 +1,248 @@
+//! The services behind the gateway: one channel per workload (mTLS, balanced over every
+//! endpoint configured), a deadline on every call (sent as `grpc-timeout`), one retry for
+//! safe methods, and a circuit breaker per backend that fails fast while a backend is down
+//! and lets a trial call through after a cool-down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ordermesh_contracts::descriptors::MethodInfo;
+use ordermesh_platform::client::MeshChannel;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::codec::RawCodec;
+
+/// Consecutive failures that open a circuit.
+const TRIP_AFTER: u32 = 5;
+/// How long an open circuit fails fast before letting one trial call through.
+const COOL_DOWN: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+        }
+    }
+}
+
+/// Failures that say the backend (not the request) is in trouble.
+fn is_backend_failure(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
+}
+
+impl Breaker {
+    /// Whether a call may go through now.
+    pub fn admit(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match *state {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } if Instant::now() >= until => {
+                *state = BreakerState::HalfOpen;
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+        }
+    }
+
+    pub fn record(&self, ok: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = match (&*state, ok) {
+            (_, true) => BreakerState::Closed { failures: 0 },
+            (BreakerState::Closed { failures }, false) if failures + 1 < TRIP_AFTER => {
+                BreakerState::Closed {
+                    failures: failures + 1,
+                }
+            }
+            _ => BreakerState::Open {
+                until: Instant::now() + COOL_DOWN,
+            },
+        };
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(
+            *self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            BreakerState::Open { .. }
+        )
+    }
+}
+
+pub struct Backend {
+    pub workload: &'static str,
+    pub channel: MeshChannel,
+    pub breaker: Breaker,
+}
+
+pub struct Backends {
+    by_package: HashMap<String, Backend>,
+    pub deadline: Duration,
+}
+
+impl Backends {
+    pub fn new(deadline: Duration) -> Self {
+        Self {
+            by_package: HashMap::new(),
+            deadline,
+        }
+    }
+
+    pub fn add(&mut self, package: &str, workload: &'static str, channel: MeshChannel) {
+        self.by_package.insert(
+            package.to_string(),
+            Backend {
+                workload,
+                channel,
+                breaker: Breaker::default(),
+            },
+        );
+    }
+
+    pub fn get(&self, package: &str) -> Option<&Backend> {
+        self.by_package.get(package)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Backend> {
+        self.by_package.values()
+    }
+
+    fn backend(&self, rpc: &MethodInfo) -> Result<&Backend, Status> {
+        self.by_package
+            .get(&rpc.package)
+            .ok_or_else(|| Status::unimplemented("no backend serves this method"))
+    }
+
+    fn request(&self, body: Bytes, metadata: &MetadataMap) -> tonic::Request<Bytes> {
+        let mut req = tonic::Request::new(body);
+        *req.metadata_mut() = metadata.clone();
+        req.set_timeout(self.deadline);
+        req
+    }
+
+    /// A unary call with raw message bytes; `safe` methods are retried once on UNAVAILABLE.
+    pub async fn unary(
+        &self,
+        rpc: &MethodInfo,
+        body: Bytes,
+        metadata: &MetadataMap,
+        safe: bool,
+    ) -> Result<Bytes, Status> {
+        let backend = self.backend(rpc)?;
+        let path: http::uri::PathAndQuery = rpc
+            .path
+            .parse()
+            .map_err(|_| Status::internal("bad method path"))?;
+        let attempts = if safe { 2 } else { 1 };
+        let mut last = Status::unavailable("backend unavailable");
+        for attempt in 0..attempts {
+            if !backend.breaker.admit() {
+                return Err(Status::unavailable(format!(
+                    "{} is unavailable (circuit open)",
+                    backend.workload
+                )));
+            }
+            let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
+            let result = match grpc.ready().await {
+                Ok(()) => grpc
+                    .unary(self.request(body.clone(), metadata), path.clone(), RawCodec)
+                    .await
+                    .map(tonic::Response::into_inner),
+                Err(e) => Err(Status::unavailable(format!(
+                    "{} is unavailable: {e}",
+                    backend.workload
+                ))),
+            };
+            match result {
+                Ok(bytes) => {
+                    backend.breaker.record(true);
+                    return Ok(bytes);
+                }
+                Err(status) => {
+                    let failure = is_backend_failure(&status);
+                    backend.breaker.record(!failure);
+                    if !(failure && status.code() == tonic::Code::Unavailable)
+                        || attempt + 1 == attempts
+                    {
+                        return Err(status);
+                    }
+                    last = status;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A server-streaming call; the deadline does not apply (streams are long-lived).
+    pub async fn server_streaming(
+        &self,
+        rpc: &MethodInfo,
+        body: Bytes,
+        metadata: &MetadataMap,
+    ) -> Result<tonic::Streaming<Bytes>, Status> {
+        let backend = self.backend(rpc)?;
+        if !backend.breaker.admit() {
+            return Err(Status::unavailable(format!(
+                "{} is unavailable (circuit open)",
+                backend.workload
+            )));
+        }
+        let path: http::uri::PathAndQuery = rpc
+            .path
+            .parse()
+            .map_err(|_| Status::internal("bad method path"))?;
+        let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
+        grpc.ready().await.map_err(|e| {
+            Status::unavailable(format!("{} is unavailable: {e}", backend.workload))
+        })?;
+        let mut req = tonic::Request::new(body);
+        *req.metadata_mut() = metadata.clone();
+        let result = grpc.server_streaming(req, path, RawCodec).await;
+        backend.breaker.record(
+            result
+                .as_ref()
+                .map_or_else(|s| !is_backend_failure(s), |_| true),
+        );
+        result.map(tonic::Response::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_repeated_failures_and_half_opens_after_cool_down() {
+        let b = Breaker::default();
+        for _ in 0..TRIP_AFTER {
+            assert!(b.admit());
+            b.record(false);
+        }
+        assert!(b.is_open());
+        assert!(!b.admit(), "fails fast while open");
+        *b.state.lock().unwrap() = BreakerState::Open {
+            until: Instant::now(),
+        };
+        assert!(b.admit(), "one trial after the cool-down");
+        assert!(!b.admit(), "only one");
+        b.record(true);
+        assert!(b.admit() && !b.is_open(), "closed again");
+    }
+}

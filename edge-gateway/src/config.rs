@@ -1,0 +1,79 @@
+//! Gateway settings from `ORDERMESH_*` variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ordermesh_platform::config::{ConfigError, env_or};
+
+use crate::limits::Limit;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    /// Deadline of each backend call.
+    pub deadline: Duration,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// Origins allowed by CORS (empty: none).
+    pub cors_origins: Vec<String>,
+    pub rate_default: Limit,
+    pub rate_account: Limit,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            deadline: Duration::from_secs(5),
+            body_limit: 1024 * 1024,
+            cors_origins: Vec::new(),
+            rate_default: Limit {
+                per_minute: 600,
+                burst: 100,
+            },
+            rate_account: Limit {
+                per_minute: 30,
+                burst: 10,
+            },
+            jwt_issuer: ordermesh_platform::jwt::DEFAULT_ISSUER.into(),
+            jwt_audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// `ORDERMESH_HTTP_ADDR`, `ORDERMESH_GATEWAY_DEADLINE_MS`, `ORDERMESH_BODY_LIMIT_BYTES`,
+    /// `ORDERMESH_CORS_ORIGINS` (comma-separated), `ORDERMESH_RATE_LIMIT_PER_MINUTE`,
+    /// `ORDERMESH_RATE_LIMIT_BURST`, `ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE`,
+    /// `ORDERMESH_ACCOUNT_RATE_LIMIT_BURST`, `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let origins: String = env_or("ORDERMESH_CORS_ORIGINS", String::new())?;
+        Ok(Self {
+            http_addr: env_or("ORDERMESH_HTTP_ADDR", d.http_addr)?,
+            deadline: Duration::from_millis(env_or("ORDERMESH_GATEWAY_DEADLINE_MS", 5000u64)?),
+            body_limit: env_or("ORDERMESH_BODY_LIMIT_BYTES", d.body_limit)?,
+            cors_origins: origins
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            rate_default: Limit {
+                per_minute: env_or("ORDERMESH_RATE_LIMIT_PER_MINUTE", d.rate_default.per_minute)?,
+                burst: env_or("ORDERMESH_RATE_LIMIT_BURST", d.rate_default.burst)?,
+            },
+            rate_account: Limit {
+                per_minute: env_or(
+                    "ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE",
+                    d.rate_account.per_minute,
+                )?,
+                burst: env_or("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", d.rate_account.burst)?,
+            },
+            jwt_issuer: env_or("ORDERMESH_JWT_ISSUER", d.jwt_issuer)?,
+            jwt_audience: env_or("ORDERMESH_JWT_AUDIENCE", d.jwt_audience)?,
+        })
+    }
+}

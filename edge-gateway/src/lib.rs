@@ -1,0 +1,17 @@
+//! The edge gateway: REST/JSON in, typed gRPC over mTLS out. Routes, request and response
+//! mapping come from the contracts' descriptors; hand-written code exists only for the
+//! fan-out endpoint.
+
+pub mod auth;
+pub mod backends;
+pub mod codec;
+pub mod config;
+pub mod limits;
+pub mod overview;
+pub mod problem;
+pub mod routes;
+pub mod server;
+pub mod transcode;
+
+pub use config::GatewayConfig;
+pub use server::Gateway;

@@ -1,0 +1,127 @@
+//! Rate limits: token buckets (governor) per signed-in user, or per client address when
+//! anonymous, with a stricter class for the account endpoints (login, register, refresh).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+type Keyed =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// A limit: sustained requests per minute and the burst allowed on top.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    /// Login, registration, token refresh: keyed by client address, stricter.
+    Account,
+    Default,
+}
+
+/// What the client is told about its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until one more request is allowed (0 when some are left).
+    pub reset: u64,
+}
+
+pub struct RateLimits {
+    default: (Keyed, Limit),
+    account: (Keyed, Limit),
+    clock: DefaultClock,
+}
+
+fn limiter(l: Limit) -> Keyed {
+    let per_minute = NonZeroU32::new(l.per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(l.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+        .with_middleware::<StateInformationMiddleware>()
+}
+
+impl RateLimits {
+    pub fn new(default: Limit, account: Limit) -> Self {
+        Self {
+            default: (limiter(default), default),
+            account: (limiter(account), account),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one token for `key`; `Err` carries the budget with the wait in `reset`.
+    pub fn check(&self, class: RouteClass, key: &str) -> Result<Budget, Budget> {
+        let (limiter, limit) = match class {
+            RouteClass::Account => &self.account,
+            RouteClass::Default => &self.default,
+        };
+        match limiter.check_key(&key.to_string()) {
+            Ok(snapshot) => Ok(Budget {
+                limit: limit.burst,
+                remaining: snapshot.remaining_burst_capacity(),
+                reset: 0,
+            }),
+            Err(not_until) => {
+                let wait: Duration = not_until.wait_time_from(self.clock.now());
+                Err(Budget {
+                    limit: limit.burst,
+                    remaining: 0,
+                    reset: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                })
+            }
+        }
+    }
+
+    /// Drops state for keys whose buckets are full again (bounded memory).
+    pub fn sweep(&self) {
+        self.default.0.retain_recent();
+        self.account.0.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_then_refuses_with_a_wait_per_key() {
+        let limits = RateLimits::new(
+            Limit {
+                per_minute: 60,
+                burst: 3,
+            },
+            Limit {
+                per_minute: 6,
+                burst: 1,
+            },
+        );
+        for expected in [2, 1, 0] {
+            assert_eq!(
+                limits
+                    .check(RouteClass::Default, "user:a")
+                    .unwrap()
+                    .remaining,
+                expected
+            );
+        }
+        let denied = limits.check(RouteClass::Default, "user:a").unwrap_err();
+        assert!(denied.reset >= 1 && denied.reset <= 2, "{denied:?}");
+        assert!(
+            limits.check(RouteClass::Default, "user:b").is_ok(),
+            "keys are independent"
+        );
+        assert!(limits.check(RouteClass::Account, "ip:1").is_ok());
+        assert!(
+            limits.check(RouteClass::Account, "ip:1").is_err(),
+            "the account class is stricter"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! `GET /v1/me/overview`: the profile, wallet balances and recent orders of the caller,
+//! fetched in parallel under one deadline. The profile is required; a failing wallet or
+//! order part is reported in `unavailable` instead of failing the whole answer.
+
+use std::time::Duration;
+
+use ordermesh_contracts::order::ListOrdersRequest;
+use ordermesh_contracts::order::order_service_client::OrderServiceClient;
+use ordermesh_contracts::payment::GetWalletRequest;
+use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
+use ordermesh_contracts::user::GetUserRequest;
+use ordermesh_contracts::user::user_service_client::UserServiceClient;
+use prost::Message;
+use serde_json::{Value, json};
+use tonic::metadata::MetadataMap;
+
+use crate::backends::Backends;
+use crate::problem::Problem;
+
+const RECENT_ORDERS: i32 = 5;
+
+fn request<T>(msg: T, metadata: &MetadataMap, deadline: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    *req.metadata_mut() = metadata.clone();
+    req.set_timeout(deadline);
+    req
+}
+
+fn as_json<M: Message>(method_path: &str, msg: &M) -> Option<Value> {
+    let rpc = ordermesh_contracts::descriptors::method_by_path(method_path)?;
+    crate::transcode::response(&rpc.descriptor.output(), &msg.encode_to_vec(), "").ok()
+}
+
+pub async fn overview(backends: &Backends, metadata: &MetadataMap) -> Result<Value, Problem> {
+    let deadline = backends.deadline;
+    let channel = |pkg: &str| backends.get(pkg).map(|b| b.channel.clone());
+    let (Some(user_ch), Some(pay_ch), Some(order_ch)) = (
+        channel("ordermesh.user.v1"),
+        channel("ordermesh.payment.v1"),
+        channel("ordermesh.order.v1"),
+    ) else {
+        return Err(Problem::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "a backend is not configured",
+        ));
+    };
+    let profile = async {
+        UserServiceClient::new(user_ch)
+            .get_user(request(
+                GetUserRequest {
+                    name: "users/me".into(),
+                },
+                metadata,
+                deadline,
+            ))
+            .await
+    };
+    let wallet = async {
+        PaymentServiceClient::new(pay_ch)
+            .get_wallet(request(GetWalletRequest::default(), metadata, deadline))
+            .await
+    };
+    let orders = async {
+        OrderServiceClient::new(order_ch)
+            .list_orders(request(
+                ListOrdersRequest {
+                    page_size: RECENT_ORDERS,
+                    ..Default::default()
+                },
+                metadata,
+                deadline,
+            ))
+            .await
+    };
+    let (profile, wallet, orders) = tokio::join!(profile, wallet, orders);
+    let profile = profile.map_err(|s| Problem::from_status(&s))?.into_inner();
+    let mut unavailable = Vec::new();
+    let wallet = match wallet {
+        Ok(w) => as_json(
+            "/ordermesh.payment.v1.PaymentService/GetWallet",
+            &w.into_inner(),
+        ),
+        Err(s) => {
+            unavailable.push(
+                json!({"part": "wallet", "status": Problem::from_status(&s).status.as_u16()}),
+            );
+            None
+        }
+    };
+    let orders = match orders {
+        Ok(o) => as_json(
+            "/ordermesh.order.v1.OrderService/ListOrders",
+            &o.into_inner(),
+        )
+        .map(|v| v["orders"].clone()),
+        Err(s) => {
+            unavailable.push(
+                json!({"part": "recentOrders", "status": Problem::from_status(&s).status.as_u16()}),
+            );
+            None
+        }
+    };
+    Ok(json!({
+        "profile": as_json("/ordermesh.user.v1.UserService/GetUser", &profile),
+        "wallet": wallet,
+        "recentOrders": orders,
+        "unavailable": unavailable,
+    }))
+}
