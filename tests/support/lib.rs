@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: repository paths, a DynamoDB-compatible server,
 //! stores on either backend.
 
+pub mod http;
+pub mod local_mesh;
 pub mod mesh;
 pub mod moto;
 pub mod otlp;

@@ -1,0 +1,90 @@
+//! The whole mesh as `ordermesh up` runs it, in-process on ephemeral loopback ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ordermesh::up::{UpOptions, up};
+use ordermesh_platform::shutdown::Shutdown;
+
+pub struct LocalMesh {
+    pub gateway: SocketAddr,
+    pub data_dir: PathBuf,
+    pub mesh_json: serde_json::Value,
+    pub admin: (String, String),
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), ordermesh::up::UpError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalMesh {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(up(
+            UpOptions {
+                data_dir: data_dir.clone(),
+                base_port: 0,
+                http_port: 0,
+            },
+            shutdown.clone(),
+        ));
+        let mesh_path = data_dir.join("mesh.json");
+        let mut mesh_json = serde_json::Value::Null;
+        for _ in 0..300 {
+            if let Ok(text) = std::fs::read_to_string(&mesh_path)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                mesh_json = v;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let gateway: SocketAddr = mesh_json["gateway"]
+            .as_str()
+            .and_then(|g| g.strip_prefix("http://"))
+            .and_then(|a| a.parse().ok())
+            .expect("mesh.json names the gateway");
+        let admin: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(data_dir.join("admin.json")).expect("admin.json"),
+        )
+        .unwrap();
+        // Ready when every backend answers health checks through the gateway.
+        for _ in 0..100 {
+            if crate::http::request(gateway, "GET", "/readyz", &[], b"")
+                .await
+                .status
+                == 200
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            gateway,
+            data_dir,
+            mesh_json,
+            admin: (
+                admin["email"].as_str().unwrap().into(),
+                admin["password"].as_str().unwrap().into(),
+            ),
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("mesh stops within 20 s")
+            .expect("joins")
+            .expect("up ran without error");
+        assert!(
+            !self.data_dir.join("mesh.json").exists(),
+            "mesh.json is removed on shutdown"
+        );
+    }
+}
