@@ -1,0 +1,192 @@
+//! One order placement through the gateway is one trace: the gateway's HTTP span, the hop to
+//! order-service, its charge at payment-service, and the audit delivery of its events, each
+//! span the child of the one that caused it. Spans go over OTLP to a receiver in this test.
+//! (A test binary of its own: it installs the process-wide tracing subscriber.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use ordermesh_platform::telemetry::{self, LogFormat};
+use ordermesh_tests::http::{Api, request};
+use ordermesh_tests::local_mesh::LocalMesh;
+use ordermesh_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use serde_json::json;
+
+fn find<'a>(
+    spans: &'a [ReceivedSpan],
+    trace: &[u8],
+    name: &str,
+    kind: SpanKind,
+) -> Option<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .find(|s| s.span.trace_id == trace && s.span.name == name && s.span.kind == kind as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_placement_is_one_trace_across_every_hop() {
+    let receiver = OtlpReceiver::start().await;
+    // SAFETY of set_var: the only test of this binary sets it before any thread reads it.
+    unsafe {
+        std::env::set_var(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.addr),
+        );
+    }
+    let guard = telemetry::init("ordermesh", LogFormat::Text).expect("telemetry");
+    let mesh = LocalMesh::start().await;
+    let api = Api {
+        addr: mesh.gateway,
+        token: None,
+    };
+    api.post("/v1/users", json!({"email": "tia@example.com", "password": "correct horse battery", "displayName": "Tia"})).await;
+    let login = api
+        .post(
+            "/v1/auth/login",
+            json!({"email": "tia@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    let token = login.json()["accessToken"].as_str().unwrap().to_string();
+    let tia = api.with_token(&token);
+    tia.post(
+        "/v1/wallet/deposits",
+        json!({"amount": {"currency": "EUR", "amountMinor": "9000"}, "idempotencyKey": "d"}),
+    )
+    .await;
+
+    let body = json!({"items": [{"sku": "TEE-002", "quantity": 1}], "currency": "EUR", "idempotencyKey": "traced"}).to_string();
+    let res = request(
+        mesh.gateway,
+        "POST",
+        "/v1/orders",
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(res.json()["state"], "ORDER_STATE_CONFIRMED");
+    let traceparent = res
+        .header("traceparent")
+        .expect("the response names its trace")
+        .to_string();
+    let trace_hex = traceparent.split('-').nth(1).unwrap().to_string();
+    let trace: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+
+    let wanted = |spans: &[ReceivedSpan]| {
+        find(
+            spans,
+            &trace,
+            "ordermesh.audit.v1.AuditService/Append",
+            SpanKind::Server,
+        )
+        .is_some()
+            && find(
+                spans,
+                &trace,
+                "ordermesh.payment.v1.PaymentService/Charge",
+                SpanKind::Server,
+            )
+            .is_some()
+    };
+    let mut spans = Vec::new();
+    for _ in 0..60 {
+        let g = &guard;
+        tokio::task::block_in_place(|| g.flush());
+        spans = receiver.spans();
+        if wanted(&spans) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let by_id: HashMap<&[u8], &ReceivedSpan> = spans
+        .iter()
+        .map(|s| (s.span.span_id.as_slice(), s))
+        .collect();
+    let parent = |s: &ReceivedSpan| by_id.get(s.span.parent_span_id.as_slice()).copied();
+
+    let http =
+        find(&spans, &trace, "POST /v1/orders", SpanKind::Server).expect("the gateway's HTTP span");
+    assert!(
+        http.span.parent_span_id.is_empty(),
+        "the HTTP span is the root"
+    );
+    let order_client = find(
+        &spans,
+        &trace,
+        "ordermesh.order.v1.OrderService/CreateOrder",
+        SpanKind::Client,
+    )
+    .expect("gateway → order client span");
+    let order_server = find(
+        &spans,
+        &trace,
+        "ordermesh.order.v1.OrderService/CreateOrder",
+        SpanKind::Server,
+    )
+    .expect("order-service span");
+    let charge_client = find(
+        &spans,
+        &trace,
+        "ordermesh.payment.v1.PaymentService/Charge",
+        SpanKind::Client,
+    )
+    .expect("order → payment client span");
+    let charge_server = find(
+        &spans,
+        &trace,
+        "ordermesh.payment.v1.PaymentService/Charge",
+        SpanKind::Server,
+    )
+    .expect("payment-service span");
+    assert_eq!(
+        parent(order_client).map(|p| p.span.span_id.clone()),
+        Some(http.span.span_id.clone())
+    );
+    assert_eq!(
+        parent(order_server).map(|p| p.span.span_id.clone()),
+        Some(order_client.span.span_id.clone())
+    );
+    assert_eq!(
+        parent(charge_client).map(|p| p.span.span_id.clone()),
+        Some(order_server.span.span_id.clone())
+    );
+    assert_eq!(
+        parent(charge_server).map(|p| p.span.span_id.clone()),
+        Some(charge_client.span.span_id.clone())
+    );
+
+    // The audit delivery of the order's events continues the same trace.
+    let append = find(
+        &spans,
+        &trace,
+        "ordermesh.audit.v1.AuditService/Append",
+        SpanKind::Server,
+    )
+    .expect("audit delivery in the trace");
+    let mut chain = vec![append.span.name.clone()];
+    let mut at = append;
+    while let Some(p) = parent(at) {
+        chain.push(p.span.name.clone());
+        at = p;
+    }
+    assert_eq!(
+        at.span.span_id, http.span.span_id,
+        "the delivery chain leads back to the HTTP request: {chain:?}"
+    );
+    assert!(chain.iter().any(|n| n == "outbox deliver"), "{chain:?}");
+    assert_eq!(http.attribute("http.route").as_deref(), Some("/v1/orders"));
+    assert_eq!(
+        charge_server.attribute("rpc.system").as_deref(),
+        Some("grpc")
+    );
+
+    mesh.stop().await;
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
+}
