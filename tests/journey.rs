@@ -200,6 +200,46 @@ async fn the_newcomer_journey() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_runs_on_dynamodb_too() {
+    let endpoint = ordermesh_tests::moto::moto().endpoint.clone();
+    let prefix = format!("up{}-", std::process::id());
+    let mesh = LocalMesh::start_on(ordermesh::up::UpStore::DynamoDb {
+        endpoint: Some(endpoint),
+        table_prefix: prefix,
+    })
+    .await;
+    let anon = Api {
+        addr: mesh.gateway,
+        token: None,
+    };
+    assert_eq!(
+        anon.get("/v1/products").await.json()["products"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    anon.post("/v1/users", json!({"email": "dy@example.com", "password": "correct horse battery", "displayName": "Dy"})).await;
+    let dy = anon.with_token(&token_of(
+        &anon
+            .post(
+                "/v1/auth/login",
+                json!({"email": "dy@example.com", "password": "correct horse battery"}),
+            )
+            .await,
+    ));
+    dy.post(
+        "/v1/wallet/deposits",
+        json!({"amount": {"currency": "EUR", "amountMinor": "3000"}, "idempotencyKey": "d"}),
+    )
+    .await;
+    let order = dy.post("/v1/orders", json!({"items": [{"sku": "TEE-002", "quantity": 1}], "currency": "EUR", "idempotencyKey": "o"})).await.json();
+    assert_eq!(order["state"], "ORDER_STATE_CONFIRMED", "{order}");
+    assert_eq!(eur_balance(&dy).await, 600);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mistake_gets_its_documented_answer() {
     let mesh = LocalMesh::start().await;
     let anon = Api {
@@ -314,7 +354,7 @@ async fn every_mistake_gets_its_documented_answer() {
     let x = URL_SAFE_NO_PAD
         .decode(jwks["keys"][0]["x"].as_str().unwrap())
         .unwrap();
-    let pem = std::fs::read_to_string(mesh.data_dir.join("store/jwt-signing-key.pem")).unwrap();
+    let pem = std::fs::read_to_string(mesh.data_dir.join("jwt-signing-key.pem")).unwrap();
     let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
     let now = now_unix();
     let claims = |f: &dyn Fn(&mut AccessClaims)| {

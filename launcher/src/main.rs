@@ -45,6 +45,15 @@ enum Command {
         /// The gateway's HTTP port (a free one is used when it is taken).
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
+        /// `embedded` (default) or `dynamodb`.
+        #[arg(long, default_value = "embedded", value_parser = ["embedded", "dynamodb"])]
+        store: String,
+        /// DynamoDB endpoint, e.g. a local DynamoDB-compatible server (default: AWS).
+        #[arg(long, env = "AWS_ENDPOINT_URL_DYNAMODB")]
+        dynamodb_endpoint: Option<String>,
+        /// Prefix of the DynamoDB table names.
+        #[arg(long, default_value = "ordermesh-")]
+        table_prefix: String,
     },
     /// Run one role of the mesh, as each Kubernetes pod does. Configured by `ORDERMESH_*`
     /// variables (see the README); stops on SIGTERM/SIGINT after draining in-flight calls.
@@ -120,7 +129,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             base_port,
             http_port,
+            store,
+            dynamodb_endpoint,
+            table_prefix,
         } => {
+            let store = match store.as_str() {
+                "dynamodb" => ordermesh::up::UpStore::DynamoDb {
+                    endpoint: dynamodb_endpoint,
+                    table_prefix,
+                },
+                _ => ordermesh::up::UpStore::Embedded,
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let telemetry = telemetry::init("ordermesh", LogFormat::Text)?;
@@ -131,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         data_dir,
                         base_port,
                         http_port,
+                        store,
                     },
                     shutdown,
                 )

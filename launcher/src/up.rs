@@ -36,6 +36,21 @@ pub struct UpOptions {
     pub base_port: u16,
     /// The gateway's HTTP port (0: ephemeral).
     pub http_port: u16,
+    /// Where the services keep their data.
+    pub store: UpStore,
+}
+
+/// The store `up` runs on.
+#[derive(Debug, Clone, Default)]
+pub enum UpStore {
+    /// The embedded store under `<data-dir>/store`.
+    #[default]
+    Embedded,
+    /// DynamoDB (or a DynamoDB-compatible server at `endpoint`); tables are created if missing.
+    DynamoDb {
+        endpoint: Option<String>,
+        table_prefix: String,
+    },
 }
 
 /// Binds `preferred`, or an ephemeral loopback port when it is taken.
@@ -151,6 +166,35 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     let admin = admin_credentials(&options.data_dir)?;
+    let store = match &options.store {
+        UpStore::Embedded => StoreConfig::Embedded {
+            data_dir: options.data_dir.join("store"),
+        },
+        UpStore::DynamoDb {
+            endpoint,
+            table_prefix,
+        } => {
+            let local = endpoint.is_some();
+            let env_missing = |v: &str| std::env::var_os(v).is_none();
+            let config =
+                StoreConfig::DynamoDb(ordermesh_platform::store::dynamodb::DynamoSettings {
+                    table_prefix: table_prefix.clone(),
+                    endpoint: endpoint.clone(),
+                    // A local DynamoDB-compatible server needs a region and some credentials.
+                    region: (local && env_missing("AWS_REGION")).then(|| "us-east-1".to_string()),
+                    static_credentials: (local && env_missing("AWS_ACCESS_KEY_ID"))
+                        .then(|| ("local".to_string(), "local".to_string())),
+                });
+            let created = config.create_tables().await.map_err(RoleError::Store)?;
+            if !created.is_empty() {
+                println!("created DynamoDB tables {}", created.join(", "));
+            }
+            config
+        }
+    };
+    // One signing key for the data directory, whatever the store.
+    let signing_key = options.data_dir.join("jwt-signing-key.pem");
+    ordermesh_user_service::SigningKeys::load_or_create(&signing_key).map_err(RoleError::Keys)?;
     let mut info = MeshInfo {
         gateway: String::new(),
         services: Default::default(),
@@ -183,11 +227,12 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
                 health: None,
                 metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             },
-            store: StoreConfig::Embedded {
-                data_dir: options.data_dir.join("store"),
-            },
+            store: store.clone(),
             upstreams: Upstreams::local(options.base_port.max(1)),
-            jwt: JwtSettings::default(),
+            jwt: JwtSettings {
+                signing_key_file: Some(signing_key.clone()),
+                ..JwtSettings::default()
+            },
             bootstrap_admin: (role == Role::User)
                 .then(|| (admin.email.clone(), admin.password.clone())),
             saga: SagaSettings::default(),

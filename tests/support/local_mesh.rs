@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ordermesh::up::{UpOptions, up};
+use ordermesh::up::{UpOptions, UpStore, up};
 use ordermesh_platform::shutdown::Shutdown;
 
 pub struct LocalMesh {
@@ -19,6 +19,10 @@ pub struct LocalMesh {
 
 impl LocalMesh {
     pub async fn start() -> Self {
+        Self::start_on(UpStore::Embedded).await
+    }
+
+    pub async fn start_on(store: UpStore) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let shutdown = Shutdown::new();
@@ -27,6 +31,7 @@ impl LocalMesh {
                 data_dir: data_dir.clone(),
                 base_port: 0,
                 http_port: 0,
+                store,
             },
             shutdown.clone(),
         ));
