@@ -1,5 +1,10 @@
 //! A DynamoDB-compatible server (moto, from the venv `.ci/run` prepares) on a loopback port,
 //! shared by the tests of one binary. It exits when the test process does.
+//!
+//! moto's own `moto_server` serves requests on many threads, and its DynamoDB model checks a
+//! condition and writes without a lock, so two conditional writes to one item can both pass:
+//! DynamoDB never allows that, and our invariants rest on it. So the app is served on one
+//! thread here: requests from concurrent clients still interleave, each one is atomic.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -16,9 +21,10 @@ def watch():
             os._exit(0)
         time.sleep(0.5)
 threading.Thread(target=watch, daemon=True).start()
-from moto.server import main
-sys.argv = ["moto_server", "-H", "127.0.0.1", "-p", sys.argv[1]]
-main()
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import run_simple
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, use_reloader=False, request_handler=MotoRequestHandler)
 "#;
 
 pub struct MotoServer {
