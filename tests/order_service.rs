@@ -21,8 +21,7 @@ use ordermesh_platform::identity::workloads;
 use ordermesh_platform::money::money;
 use ordermesh_platform::status;
 use ordermesh_platform::store::schema::StoreConfig;
-use ordermesh_platform::user_context::UserContext;
-use ordermesh_tests::mesh::{RunningService, TestCerts, no_upstreams};
+use ordermesh_tests::mesh::{RunningService, TestCerts, as_user, no_upstreams, with_roles};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -119,23 +118,8 @@ impl Mesh {
     }
 }
 
-fn as_user<T>(msg: T, user: &str) -> tonic::Request<T> {
-    with_roles(msg, user, &["user"])
-}
-
 fn as_admin<T>(msg: T) -> tonic::Request<T> {
     with_roles(msg, "admin-1", &["user", "admin"])
-}
-
-fn with_roles<T>(msg: T, user: &str, roles: &[&str]) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    UserContext {
-        user_id: user.into(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-    }
-    .inject(req.metadata_mut())
-    .unwrap();
-    req
 }
 
 async fn product(mesh: &Mesh, sku: &str, price: i64, stock: i64) {

@@ -17,8 +17,7 @@ use ordermesh_platform::identity::workloads;
 use ordermesh_platform::money::money;
 use ordermesh_platform::status;
 use ordermesh_platform::store::schema::StoreConfig;
-use ordermesh_platform::user_context::UserContext;
-use ordermesh_tests::mesh::{RunningService, TestCerts, audit_only};
+use ordermesh_tests::mesh::{RunningService, TestCerts, as_user, audit_only};
 use tokio::sync::Mutex;
 use tonic::Code;
 
@@ -63,17 +62,6 @@ impl Mesh {
         self.payment.stop().await;
         self.audit.stop().await;
     }
-}
-
-fn as_user<T>(msg: T, user: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    UserContext {
-        user_id: user.into(),
-        roles: vec!["user".into()],
-    }
-    .inject(req.metadata_mut())
-    .unwrap();
-    req
 }
 
 fn deposit(amount: i64, key: &str) -> DepositRequest {

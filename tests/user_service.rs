@@ -17,8 +17,7 @@ use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::identity::workloads;
 use ordermesh_platform::jwt::AccessClaims;
 use ordermesh_platform::status;
-use ordermesh_platform::user_context::UserContext;
-use ordermesh_tests::mesh::{RunningService, TestCerts, audit_only};
+use ordermesh_tests::mesh::{RunningService, TestCerts, audit_only, with_roles};
 use tonic::Code;
 
 struct Mesh {
@@ -71,18 +70,6 @@ impl Mesh {
         self.user.stop().await;
         self.audit.stop().await;
     }
-}
-
-/// A request the gateway forwards for a signed-in user.
-fn as_user<T>(msg: T, user_id: &str, roles: &[&str]) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    UserContext {
-        user_id: user_id.into(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-    }
-    .inject(req.metadata_mut())
-    .unwrap();
-    req
 }
 
 fn id_of(user: &User) -> String {
@@ -264,7 +251,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
     let (dee_id, eve_id) = (id_of(&dee), id_of(&eve));
 
     let me = gw
-        .get_user(as_user(
+        .get_user(with_roles(
             GetUserRequest {
                 name: "users/me".into(),
             },
@@ -276,7 +263,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         .into_inner();
     assert_eq!(me.email, "dee@example.com");
     let other = gw
-        .get_user(as_user(
+        .get_user(with_roles(
             GetUserRequest {
                 name: eve.name.clone(),
             },
@@ -291,7 +278,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         "no leak of another user's existence"
     );
     let as_admin = gw
-        .get_user(as_user(
+        .get_user(with_roles(
             GetUserRequest {
                 name: eve.name.clone(),
             },
@@ -321,7 +308,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         }),
     };
     let renamed = gw
-        .update_user(as_user(
+        .update_user(with_roles(
             update("users/me", "Dee D.", &["display_name"]),
             &dee_id,
             &["user"],
@@ -331,7 +318,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         .into_inner();
     assert_eq!(renamed.display_name, "Dee D.");
     let bad_mask = gw
-        .update_user(as_user(
+        .update_user(with_roles(
             update("users/me", "x", &["email"]),
             &dee_id,
             &["user"],
@@ -340,7 +327,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         .unwrap_err();
     assert_eq!(bad_mask.code(), Code::InvalidArgument);
     let not_yours = gw
-        .update_user(as_user(
+        .update_user(with_roles(
             update(&eve.name, "hacked", &["display_name"]),
             &dee_id,
             &["user", "admin"],
@@ -354,7 +341,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         roles: vec![UserRole::User as i32, UserRole::Admin as i32],
     };
     let denied = gw
-        .set_user_roles(as_user(set.clone(), &dee_id, &["user"]))
+        .set_user_roles(with_roles(set.clone(), &dee_id, &["user"]))
         .await
         .unwrap_err();
     assert_eq!(
@@ -363,7 +350,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
         "the authz layer enforces the admin audience"
     );
     let promoted = gw
-        .set_user_roles(as_user(set, &dee_id, &["user", "admin"]))
+        .set_user_roles(with_roles(set, &dee_id, &["user", "admin"]))
         .await
         .unwrap()
         .into_inner();
@@ -388,7 +375,7 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
     assert_eq!(op.into_inner().email, "eve@example.com");
     let forged = mesh
         .operator()
-        .get_user(as_user(
+        .get_user(with_roles(
             GetUserRequest {
                 name: "users/me".into(),
             },

@@ -73,6 +73,15 @@ pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
     with_details(Code::InvalidArgument, message, vec![detail])
 }
 
+/// `INVALID_ARGUMENT` for one field.
+pub fn invalid(field: &str, description: &str) -> Status {
+    invalid_argument(vec![FieldViolation {
+        field: field.to_string(),
+        description: description.to_string(),
+        reason: String::new(),
+    }])
+}
+
 /// A status with a machine-readable reason (`google.rpc.ErrorInfo`), e.g.
 /// `FAILED_PRECONDITION` / `INSUFFICIENT_FUNDS`.
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {

@@ -192,3 +192,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
         body.to_string(),
     )
 }
+
+/// A request as the gateway forwards it for a signed-in user with `roles`.
+pub fn with_roles<T>(msg: T, user: &str, roles: &[&str]) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    ordermesh_platform::user_context::UserContext {
+        user_id: user.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+    .inject(req.metadata_mut())
+    .expect("user metadata");
+    req
+}
+
+/// A request as the gateway forwards it for a signed-in user.
+pub fn as_user<T>(msg: T, user: &str) -> tonic::Request<T> {
+    with_roles(msg, user, &["user"])
+}

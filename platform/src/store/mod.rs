@@ -241,6 +241,42 @@ impl Table {
         }
     }
 
+    /// Up to `page_size` items of a partition that `keep` maps to `Some`, reading as many
+    /// store pages as it takes; the cursor returned resumes after the last item kept.
+    pub async fn query_filtered<T, E>(
+        &self,
+        query: Query,
+        page_size: usize,
+        mut keep: impl FnMut(&Item) -> Result<Option<T>, E>,
+    ) -> Result<(Vec<T>, Option<Cursor>), E>
+    where
+        E: From<StoreError>,
+    {
+        let mut out = Vec::new();
+        let mut query = query.limit(page_size);
+        loop {
+            let page = self.query(query.clone()).await?;
+            for (i, item) in page.items.iter().enumerate() {
+                let Some(kept) = keep(item)? else { continue };
+                out.push(kept);
+                if out.len() == page_size {
+                    let more = i + 1 < page.items.len() || page.next.is_some();
+                    let next = more.then(|| Cursor {
+                        pk: item.pk.clone(),
+                        sk: item.sk.clone(),
+                        ipk: None,
+                        isk: None,
+                    });
+                    return Ok((out, next));
+                }
+            }
+            match page.next {
+                Some(next) => query.cursor = Some(next),
+                None => return Ok((out, None)),
+            }
+        }
+    }
+
     /// Items of one partition of the `gsi1` index, by index sort key.
     pub async fn query_index(&self, query: Query) -> Result<Page, StoreError> {
         validate_query(&query)?;

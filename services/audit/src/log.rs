@@ -245,40 +245,18 @@ impl AuditLog {
         } else {
             RECORDS.to_string()
         };
-        let mut out = Vec::new();
-        let mut cursor = cursor;
-        loop {
-            let page = self
-                .table
-                .query(
-                    Query::partition(partition.clone())
-                        .range(KeyRange::All)
-                        .limit(page_size)
-                        .after(cursor.take()),
-                )
-                .await?;
-            for (i, item) in page.items.iter().enumerate() {
-                let record = decode_record(item)?;
-                if !matches_filter(&record, filter) {
-                    continue;
-                }
-                out.push(record);
-                if out.len() == page_size {
-                    let more = i + 1 < page.items.len() || page.next.is_some();
-                    let next = more.then(|| Cursor {
-                        pk: item.pk.clone(),
-                        sk: item.sk.clone(),
-                        ipk: None,
-                        isk: None,
-                    });
-                    return Ok((out, next));
-                }
-            }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return Ok((out, None)),
-            }
-        }
+        self.table
+            .query_filtered(
+                Query::partition(partition)
+                    .range(KeyRange::All)
+                    .after(cursor),
+                page_size,
+                |item| {
+                    let record = decode_record(item)?;
+                    Ok::<_, AuditError>(matches_filter(&record, filter).then_some(record))
+                },
+            )
+            .await
     }
 
     /// Up to `limit` records after `sequence`, in order.

@@ -10,7 +10,7 @@ use ordermesh_contracts::order::{
 };
 use ordermesh_platform::authz::CallerIdentity;
 use ordermesh_platform::money;
-use ordermesh_platform::status::Violations;
+use ordermesh_platform::status::{Violations, invalid};
 use ordermesh_platform::store::Cursor;
 use ordermesh_platform::user_context::UserContext;
 use tonic::{Request, Response, Status};
@@ -37,14 +37,6 @@ fn page_token(v: &mut Violations, token: &str) -> Option<Cursor> {
         v.add("page_token", "is not a token this service issued");
         None
     })
-}
-
-fn invalid(field: &str, description: &str) -> Status {
-    let mut v = Violations::new();
-    v.add(field, description);
-    v.into_result()
-        .err()
-        .unwrap_or_else(|| Status::invalid_argument(description.to_string()))
 }
 
 fn actor_of<T>(req: &Request<T>) -> String {

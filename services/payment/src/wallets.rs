@@ -348,41 +348,20 @@ impl Wallets {
         page_size: usize,
         cursor: Option<Cursor>,
     ) -> Result<(Vec<Transaction>, Option<Cursor>), WalletError> {
-        let mut out = Vec::new();
-        let mut cursor = cursor;
-        loop {
-            let page = self
-                .table
-                .query(
-                    Query::partition(wallet_pk(user))
-                        .range(KeyRange::Prefix("txn#".into()))
-                        .descending()
-                        .limit(page_size)
-                        .after(cursor.take()),
-                )
-                .await?;
-            for (i, item) in page.items.iter().enumerate() {
-                let t: Transaction = decode(&item.data)?;
-                if !currency.is_empty() && t.amount.as_ref().is_none_or(|a| a.currency != currency)
-                {
-                    continue;
-                }
-                out.push(t);
-                if out.len() == page_size {
-                    let more = i + 1 < page.items.len() || page.next.is_some();
-                    let next = more.then(|| Cursor {
-                        pk: item.pk.clone(),
-                        sk: item.sk.clone(),
-                        ipk: None,
-                        isk: None,
-                    });
-                    return Ok((out, next));
-                }
-            }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return Ok((out, None)),
-            }
-        }
+        self.table
+            .query_filtered(
+                Query::partition(wallet_pk(user))
+                    .range(KeyRange::Prefix("txn#".into()))
+                    .descending()
+                    .after(cursor),
+                page_size,
+                |item| {
+                    let t: Transaction = decode(&item.data)?;
+                    let wanted = currency.is_empty()
+                        || t.amount.as_ref().is_some_and(|a| a.currency == currency);
+                    Ok::<_, WalletError>(wanted.then_some(t))
+                },
+            )
+            .await
     }
 }

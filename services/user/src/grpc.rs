@@ -14,7 +14,7 @@ use ordermesh_contracts::user::{
 use ordermesh_platform::authz::CallerIdentity;
 use ordermesh_platform::jwt::AccessClaims;
 use ordermesh_platform::outbox::Outbox;
-use ordermesh_platform::status::Violations;
+use ordermesh_platform::status::{Violations, invalid};
 use ordermesh_platform::store::now_unix;
 use ordermesh_platform::user_context::UserContext;
 use tonic::{Request, Response, Status};
@@ -82,14 +82,6 @@ fn to_proto(u: &UserRecord) -> User {
         create_time: u.create_time,
         update_time: u.update_time,
     }
-}
-
-fn invalid(field: &str, description: &str) -> Status {
-    let mut v = Violations::new();
-    v.add(field, description);
-    v.into_result()
-        .err()
-        .unwrap_or_else(|| Status::invalid_argument(description.to_string()))
 }
 
 /// Who acted, for audit: the signed-in user, else the calling workload.
