@@ -473,6 +473,15 @@ async fn every_mistake_gets_its_documented_answer() {
     assert_eq!(traced.header("x-content-type-options"), Some("nosniff"));
     assert!(traced.header("ratelimit-remaining").is_some());
 
+    // The OpenAPI document is served and describes the routes served.
+    let doc = anon.get("/openapi.json").await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/orders/{name}:cancel"]["post"].is_object());
+    assert_eq!(
+        doc["paths"]["/v1/wallet/deposits"]["post"]["security"],
+        json!([{"bearer": []}])
+    );
+
     // Metrics use route templates, not raw paths.
     let metrics = anon.get("/metrics").await.text();
     assert!(

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod codec;
 pub mod config;
 pub mod limits;
+pub mod openapi;
 pub mod overview;
 pub mod problem;
 pub mod routes;

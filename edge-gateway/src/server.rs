@@ -52,6 +52,7 @@ struct RouteLabels {
 
 pub struct Gateway {
     routes: Vec<Route>,
+    openapi: serde_json::Value,
     pub backends: Backends,
     verifier: Verifier,
     limits: RateLimits,
@@ -87,8 +88,10 @@ impl Gateway {
                 durations.clone(),
             );
         });
+        let routes = routes::all()?;
         Ok(Self {
-            routes: routes::all()?,
+            openapi: crate::openapi::document(&routes),
+            routes,
             backends,
             verifier,
             limits: RateLimits::new(config.rate_default, config.rate_account),
@@ -134,6 +137,7 @@ impl Gateway {
             )
             .route("/readyz", axum::routing::get(readyz))
             .route("/metrics", axum::routing::get(metrics_text))
+            .route("/openapi.json", axum::routing::get(openapi_json))
             .fallback(handle)
             .with_state(self)
             .layer(axum::middleware::map_response(security_headers))
@@ -568,6 +572,10 @@ async fn security_headers(mut res: Response) -> Response {
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     res
+}
+
+async fn openapi_json(State(gw): State<Arc<Gateway>>) -> Response {
+    axum::Json(gw.openapi.clone()).into_response()
 }
 
 async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
