@@ -1,0 +1,161 @@
+//! The gateway in front of a backend that goes away and comes back: 503 at once, then fast
+//! while the circuit is open, and answers again after the cool-down once the backend is back.
+//! Also CORS for configured origins only, and gzip when asked for.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ordermesh::roles::{Role, Upstreams, build_gateway};
+use ordermesh_edge_gateway::GatewayConfig;
+use ordermesh_platform::identity::workloads;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::store::schema::StoreConfig;
+use ordermesh_tests::http::{Api, request};
+use ordermesh_tests::mesh::{RunningService, TestCerts, no_upstreams};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
+    let certs = TestCerts::new();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+    let with_audit = Upstreams {
+        audit: format!("https://{}", audit.grpc_addr),
+        ..no_upstreams()
+    };
+    let user =
+        RunningService::start_with(Role::User, &certs, dirs[1].path(), any, with_audit.clone())
+            .await;
+    let payment = RunningService::start_with(
+        Role::Payment,
+        &certs,
+        dirs[2].path(),
+        any,
+        with_audit.clone(),
+    )
+    .await;
+    let payment_addr = payment.grpc_addr;
+
+    let upstreams = Upstreams {
+        user: format!("https://{}", user.grpc_addr),
+        order: format!("https://{}", audit.grpc_addr),
+        payment: format!("https://{payment_addr}"),
+        audit: format!("https://{}", audit.grpc_addr),
+    };
+    let listener = tokio::net::TcpListener::bind(any).await.unwrap();
+    let gateway_addr = listener.local_addr().unwrap();
+    let config = GatewayConfig {
+        http_addr: gateway_addr,
+        deadline: Duration::from_secs(2),
+        cors_origins: vec!["https://shop.example".into()],
+        ..Default::default()
+    };
+    let gateway =
+        build_gateway(&certs.mesh_config(workloads::GATEWAY), config, &upstreams).unwrap();
+    let stop_gateway = Shutdown::new();
+    let serving = tokio::spawn(gateway.serve(listener, stop_gateway.clone()));
+
+    let anon = Api {
+        addr: gateway_addr,
+        token: None,
+    };
+    anon.post("/v1/users", json!({"email": "cb@example.com", "password": "correct horse battery", "displayName": "Cb"})).await;
+    let login = anon
+        .post(
+            "/v1/auth/login",
+            json!({"email": "cb@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    let api = anon.with_token(login.json()["accessToken"].as_str().unwrap());
+    assert_eq!(api.get("/v1/wallet").await.status, 200);
+
+    payment.stop().await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(api.get("/v1/wallet").await.status);
+    }
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    let started = Instant::now();
+    let fast = api.get("/v1/wallet").await;
+    assert_eq!(fast.status, 503);
+    assert!(
+        fast.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "an open circuit answers at once"
+    );
+
+    // Back on the same address; after the cool-down a trial call closes the circuit.
+    let payment = RunningService::start_on(
+        Role::Payment,
+        &certs,
+        StoreConfig::Embedded {
+            data_dir: dirs[2].path().to_path_buf(),
+        },
+        payment_addr,
+        with_audit,
+    )
+    .await;
+    let mut recovered = false;
+    for _ in 0..40 {
+        if api.get("/v1/wallet").await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        recovered,
+        "the circuit closed again once payment-service was back"
+    );
+
+    // CORS for a configured origin only.
+    let allowed = request(
+        gateway_addr,
+        "OPTIONS",
+        "/v1/products",
+        &[
+            ("origin", "https://shop.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    let other = request(
+        gateway_addr,
+        "OPTIONS",
+        "/v1/products",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    // gzip when asked for.
+    let zipped = request(
+        gateway_addr,
+        "GET",
+        "/openapi.json",
+        &[("accept-encoding", "gzip")],
+        b"",
+    )
+    .await;
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+
+    stop_gateway.trigger();
+    serving.await.unwrap().unwrap();
+    payment.stop().await;
+    user.stop().await;
+    audit.stop().await;
+}
