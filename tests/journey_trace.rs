@@ -77,19 +77,31 @@ async fn an_order_placement_is_one_trace_across_every_hop() {
         .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
         .collect();
 
+    // Spans are exported as they end, a child before its parent: wait until the audit
+    // delivery's whole chain of parents is in, up to the HTTP span.
     let wanted = |spans: &[ReceivedSpan]| {
-        find(
+        let by_id: HashMap<&[u8], &ReceivedSpan> = spans
+            .iter()
+            .map(|s| (s.span.span_id.as_slice(), s))
+            .collect();
+        let Some(mut at) = find(
             spans,
             &trace,
             "ordermesh.audit.v1.AuditService/Append",
             SpanKind::Server,
-        )
-        .is_some()
+        ) else {
+            return false;
+        };
+        while let Some(p) = by_id.get(at.span.parent_span_id.as_slice()) {
+            at = p;
+        }
+        at.span.parent_span_id.is_empty()
+            && at.span.name == "POST /v1/orders"
             && find(
                 spans,
                 &trace,
                 "ordermesh.payment.v1.PaymentService/Charge",
-                SpanKind::Server,
+                SpanKind::Client,
             )
             .is_some()
     };
