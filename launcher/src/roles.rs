@@ -97,6 +97,17 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// The endpoints of a workload (empty for one that is not an upstream).
+    pub fn of(&self, workload: &str) -> &str {
+        match workload {
+            workloads::USER => &self.user,
+            workloads::ORDER => &self.order,
+            workloads::PAYMENT => &self.payment,
+            workloads::AUDIT => &self.audit,
+            _ => "",
+        }
+    }
+
     /// `https://127.0.0.1:<port>` for every role at its local default port.
     pub fn local(base_port: u16) -> Self {
         let at = |offset: u16| format!("https://127.0.0.1:{}", base_port + offset);
@@ -388,17 +399,15 @@ pub fn build_gateway(
     let metrics = Arc::new(Metrics::new());
     let channels = ChannelFactory::new(mesh, metrics.clone())?;
     let mut backends = Backends::new(config.deadline);
-    for (package, workload, endpoint) in [
-        ("ordermesh.user.v1", workloads::USER, &upstreams.user),
-        ("ordermesh.order.v1", workloads::ORDER, &upstreams.order),
-        (
-            "ordermesh.payment.v1",
-            workloads::PAYMENT,
-            &upstreams.payment,
-        ),
-        ("ordermesh.audit.v1", workloads::AUDIT, &upstreams.audit),
-    ] {
-        backends.add(package, workload, channels.channel(workload, endpoint)?);
+    for package in ordermesh_contracts::descriptors::SERVED_PACKAGES {
+        let Some(workload) = ordermesh_platform::istio_policy::workload_of_package(package) else {
+            continue;
+        };
+        backends.add(
+            package,
+            workload,
+            channels.channel(workload, upstreams.of(workload))?,
+        );
     }
     let users = UserServiceClient::new(channels.channel(workloads::USER, &upstreams.user)?);
     let verifier = Verifier::new(users, &config.jwt_issuer, &config.jwt_audience);

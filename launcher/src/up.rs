@@ -228,6 +228,7 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
                 metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             },
             store: store.clone(),
+            // Replaced below, once every role is bound and its real address known.
             upstreams: Upstreams::local(options.base_port.max(1)),
             jwt: JwtSettings {
                 signing_key_file: Some(signing_key.clone()),
@@ -243,7 +244,6 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             .insert(role.short_name().to_string(), service.grpc_addr.to_string());
         bound.push(service);
     }
-    // Roles whose issues have not landed yet have no address; nothing calls them yet.
     let upstreams = Upstreams {
         user: endpoint(&info, Role::User),
         order: endpoint(&info, Role::Order),

@@ -65,10 +65,6 @@ fn now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(std::time::SystemTime::now())
 }
 
-fn order_id(o: &Order) -> &str {
-    o.name.trim_start_matches("orders/")
-}
-
 fn pending_write(kind: &str, id: &str) -> Write {
     Write::put(
         NewItem::new(PENDING, format!("{kind}#{id}"), Vec::new()),
@@ -481,9 +477,5 @@ impl OrderSaga {
                 }
             }
         })
-    }
-
-    pub fn order_id(o: &Order) -> &str {
-        order_id(o)
     }
 }
