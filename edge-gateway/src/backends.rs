@@ -1,7 +1,8 @@
 //! The services behind the gateway: one channel per workload (mTLS, balanced over every
 //! endpoint configured), a deadline on every call (sent as `grpc-timeout`), one retry for
-//! safe methods, and a circuit breaker per backend that fails fast while a backend is down
-//! and lets a trial call through after a cool-down.
+//! safe methods drawn from a per-backend retry budget (so retries cannot multiply the load
+//! on a struggling backend), and a circuit breaker per backend that fails fast while a
+//! backend is down and lets a trial call through after a cool-down.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use ordermesh_contracts::descriptors::MethodInfo;
 use ordermesh_platform::client::MeshChannel;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::codec::RawCodec;
 
@@ -19,6 +21,15 @@ use crate::codec::RawCodec;
 const TRIP_AFTER: u32 = 5;
 /// How long an open circuit fails fast before letting one trial call through.
 const COOL_DOWN: Duration = Duration::from_secs(5);
+/// Retries allowed per backend: 20% of the calls of the last 10 s, plus 5 a second so a
+/// quiet gateway can still retry a blip.
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+const RETRY_MIN_PER_SEC: u32 = 5;
+const RETRY_RATIO: f32 = 0.2;
+
+fn retry_budget() -> TpsBudget {
+    TpsBudget::new(RETRY_WINDOW, RETRY_MIN_PER_SEC, RETRY_RATIO)
+}
 
 #[derive(Debug)]
 enum BreakerState {
@@ -89,6 +100,7 @@ pub struct Backend {
     pub workload: &'static str,
     pub channel: MeshChannel,
     pub breaker: Breaker,
+    retries: TpsBudget,
 }
 
 pub struct Backends {
@@ -111,6 +123,7 @@ impl Backends {
                 workload,
                 channel,
                 breaker: Breaker::default(),
+                retries: retry_budget(),
             },
         );
     }
@@ -136,7 +149,8 @@ impl Backends {
         req
     }
 
-    /// A unary call with raw message bytes; `safe` methods are retried once on UNAVAILABLE.
+    /// A unary call with raw message bytes; `safe` methods are retried once on UNAVAILABLE
+    /// when the backend's retry budget allows.
     pub async fn unary(
         &self,
         rpc: &MethodInfo,
@@ -150,6 +164,7 @@ impl Backends {
             .parse()
             .map_err(|_| Status::internal("bad method path"))?;
         let attempts = if safe { 2 } else { 1 };
+        backend.retries.deposit();
         let mut last = Status::unavailable("backend unavailable");
         for attempt in 0..attempts {
             if !backend.breaker.admit() {
@@ -179,6 +194,7 @@ impl Backends {
                     backend.breaker.record(!failure);
                     if !(failure && status.code() == tonic::Code::Unavailable)
                         || attempt + 1 == attempts
+                        || !backend.retries.withdraw()
                     {
                         return Err(status);
                     }
@@ -244,5 +260,25 @@ mod tests {
         assert!(!b.admit(), "only one");
         b.record(true);
         assert!(b.admit() && !b.is_open(), "closed again");
+    }
+
+    #[test]
+    fn the_retry_budget_caps_retries_at_a_fifth_of_calls_plus_a_floor() {
+        let budget = retry_budget();
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+            assert!(granted <= 1000, "the budget never runs dry");
+        }
+        // 20% of 1,000 calls, plus at most the per-second floor over the window.
+        let floor = RETRY_MIN_PER_SEC as usize * RETRY_WINDOW.as_secs() as usize;
+        assert!(
+            (200..=200 + floor).contains(&granted),
+            "{granted} retries granted for 1,000 calls"
+        );
+        assert!(!budget.withdraw(), "spent until new calls deposit");
     }
 }

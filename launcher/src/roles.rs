@@ -292,7 +292,9 @@ impl BoundService {
             Role::Gateway => return Err(RoleError::NotGrpc),
             Role::Audit => {
                 let table = config.store.open(schema::AUDIT).await?;
-                server.add_service(AuditServer::new(AuditLog::new(table)).into_service())
+                server.add_service(
+                    AuditServer::new(AuditLog::new(table), shutdown.clone()).into_service(),
+                )
             }
             Role::Order => {
                 let table = config.store.open(schema::ORDERS).await?;

@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client for tests (one request per connection, chunked bodies decoded).
+//! A minimal HTTP/1.1 client for tests (one request per connection, chunked bodies decoded),
+//! with a streaming read for long-lived responses such as Server-Sent Events.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,14 +44,13 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sends one request and reads the whole response (bounded to 30 s).
-pub async fn request(
+async fn send(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> HttpResponse {
+) -> tokio::net::TcpStream {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -62,11 +62,28 @@ pub async fn request(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.expect("write");
     stream.write_all(body).await.expect("write body");
+    stream
+}
+
+/// Sends one request and reads the whole response (bounded to 30 s).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = send(addr, method, path, headers, body).await;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
         .expect("response within 30 s")
         .expect("read");
+    parse(&raw)
+}
+
+/// Parses a response read so far: a partial chunked body decodes up to its last whole chunk.
+fn parse(raw: &[u8]) -> HttpResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -95,6 +112,58 @@ pub async fn request(
         status,
         headers,
         body,
+    }
+}
+
+/// A response read as it arrives.
+pub struct StreamingResponse {
+    stream: tokio::net::TcpStream,
+    raw: Vec<u8>,
+    closed: bool,
+}
+
+impl StreamingResponse {
+    /// Sends a GET and returns once the request is written.
+    pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
+        Self {
+            stream: send(addr, "GET", path, headers, b"").await,
+            raw: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Reads until `done` holds for what has arrived, the server closes, or `within` passes;
+    /// returns the response as read so far.
+    pub async fn read_until(
+        &mut self,
+        within: Duration,
+        done: impl Fn(&HttpResponse) -> bool,
+    ) -> HttpResponse {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                let so_far = parse(&self.raw);
+                if done(&so_far) || self.closed {
+                    return so_far;
+                }
+            }
+            let mut buf = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+                Ok(Ok(n)) => self.raw.extend_from_slice(&buf[..n]),
+                Err(_) => panic!(
+                    "stream condition not met within {within:?}; got: {}",
+                    String::from_utf8_lossy(&self.raw)
+                ),
+            }
+            if self.closed && !self.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                panic!("closed before a response head");
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 }
 

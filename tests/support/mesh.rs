@@ -82,6 +82,35 @@ pub fn audit_only(audit: SocketAddr) -> Upstreams {
 }
 
 /// A role serving on loopback until stopped.
+/// The configuration a test role runs with: its own certificate, loopback probe and metrics
+/// ports, and a fast order saga.
+pub fn service_config(
+    role: Role,
+    certs: &TestCerts,
+    store: StoreConfig,
+    grpc: SocketAddr,
+    upstreams: Upstreams,
+) -> ServiceConfig {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    ServiceConfig {
+        mesh: certs.mesh_config(role.workload()),
+        listen: ListenConfig {
+            grpc,
+            health: Some(loopback),
+            metrics: Some(loopback),
+        },
+        store,
+        upstreams,
+        jwt: JwtSettings::default(),
+        bootstrap_admin: None,
+        saga: SagaSettings {
+            payment_deadline: Duration::from_secs(2),
+            redrive_every: Duration::from_millis(200),
+        },
+        seed_demo_catalog: false,
+    }
+}
+
 pub struct RunningService {
     pub grpc_addr: SocketAddr,
     pub health_addr: SocketAddr,
@@ -128,24 +157,11 @@ impl RunningService {
         grpc: SocketAddr,
         upstreams: Upstreams,
     ) -> Self {
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let config = ServiceConfig {
-            mesh: certs.mesh_config(role.workload()),
-            listen: ListenConfig {
-                grpc,
-                health: Some(loopback),
-                metrics: Some(loopback),
-            },
-            store,
-            upstreams,
-            jwt: JwtSettings::default(),
-            bootstrap_admin: None,
-            saga: SagaSettings {
-                payment_deadline: Duration::from_secs(2),
-                redrive_every: Duration::from_millis(200),
-            },
-            seed_demo_catalog: false,
-        };
+        Self::start_config(role, service_config(role, certs, store, grpc, upstreams)).await
+    }
+
+    /// Starts `role` with a configuration built by [`service_config`] and adjusted.
+    pub async fn start_config(role: Role, config: ServiceConfig) -> Self {
         let bound = BoundService::bind(role, config).await.expect("bind");
         let shutdown = Shutdown::new();
         let (grpc_addr, health_addr, metrics_addr) = (

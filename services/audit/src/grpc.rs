@@ -10,6 +10,7 @@ use ordermesh_contracts::audit::{
     AppendRequest, AppendResponse, AuditEvent, AuditRecord, ListEventsRequest, ListEventsResponse,
     TailEventsRequest, VerifyChainRequest, VerifyChainResponse,
 };
+use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::status::Violations;
 use ordermesh_platform::store::Cursor;
 use tokio_stream::Stream;
@@ -27,11 +28,15 @@ const TAIL_POLL: Duration = Duration::from_secs(1);
 
 pub struct AuditServer {
     log: AuditLog,
+    shutdown: Shutdown,
 }
 
 impl AuditServer {
-    pub fn new(log: AuditLog) -> Self {
-        Self { log }
+    /// Tails end with UNAVAILABLE when `shutdown` triggers, so a long-lived stream neither
+    /// holds up the drain nor ends silently: its client resumes elsewhere from the last
+    /// sequence it saw.
+    pub fn new(log: AuditLog, shutdown: Shutdown) -> Self {
+        Self { log, shutdown }
     }
 
     pub fn into_service(self) -> AuditServiceServer<Self> {
@@ -197,8 +202,10 @@ impl AuditService for AuditServer {
         };
         let log = self.log.clone();
         let signal = log.appended_signal();
+        let stopping = self.shutdown.wait();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<AuditRecord, Status>>(64);
         tokio::spawn(async move {
+            tokio::pin!(stopping);
             loop {
                 // Register before reading so an append between the read and the wait wakes us.
                 let notified = signal.notified();
@@ -222,6 +229,12 @@ impl AuditService for AuditServer {
                     _ = notified => {}
                     _ = tokio::time::sleep(TAIL_POLL) => {}
                     _ = tx.closed() => return,
+                    _ = &mut stopping => {
+                        let _ = tx.send(Err(Status::unavailable(format!(
+                            "audit-service is shutting down; resume with after_sequence={last}"
+                        )))).await;
+                        return;
+                    }
                 }
             }
         });
