@@ -5,14 +5,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ordermesh::roles::{Role, Upstreams, build_gateway};
+use ordermesh::roles::{Role, Upstreams};
 use ordermesh_edge_gateway::GatewayConfig;
-use ordermesh_platform::identity::workloads;
-use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
-use ordermesh_tests::http::{Api, request};
+use ordermesh_tests::gateway::RunningGateway;
+use ordermesh_tests::http::request;
 use ordermesh_tests::mesh::{RunningService, TestCerts, no_upstreams};
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
@@ -43,31 +41,18 @@ async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
         payment: format!("https://{payment_addr}"),
         audit: format!("https://{}", audit.grpc_addr),
     };
-    let listener = tokio::net::TcpListener::bind(any).await.unwrap();
-    let gateway_addr = listener.local_addr().unwrap();
-    let config = GatewayConfig {
-        http_addr: gateway_addr,
-        deadline: Duration::from_secs(2),
-        cors_origins: vec!["https://shop.example".into()],
-        ..Default::default()
-    };
-    let gateway =
-        build_gateway(&certs.mesh_config(workloads::GATEWAY), config, &upstreams).unwrap();
-    let stop_gateway = Shutdown::new();
-    let serving = tokio::spawn(gateway.serve(listener, stop_gateway.clone()));
-
-    let anon = Api {
-        addr: gateway_addr,
-        token: None,
-    };
-    anon.post("/v1/users", json!({"email": "cb@example.com", "password": "correct horse battery", "displayName": "Cb"})).await;
-    let login = anon
-        .post(
-            "/v1/auth/login",
-            json!({"email": "cb@example.com", "password": "correct horse battery"}),
-        )
-        .await;
-    let api = anon.with_token(login.json()["accessToken"].as_str().unwrap());
+    let gateway = RunningGateway::start(
+        &certs,
+        &upstreams,
+        GatewayConfig {
+            deadline: Duration::from_secs(2),
+            cors_origins: vec!["https://shop.example".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let gateway_addr = gateway.addr;
+    let api = gateway.new_user("cb@example.com").await;
     assert_eq!(api.get("/v1/wallet").await.status, 200);
 
     payment.stop().await;
@@ -153,8 +138,7 @@ async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
     .await;
     assert_eq!(zipped.header("content-encoding"), Some("gzip"));
 
-    stop_gateway.trigger();
-    serving.await.unwrap().unwrap();
+    gateway.stop().await;
     payment.stop().await;
     user.stop().await;
     audit.stop().await;

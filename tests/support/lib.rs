@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: repository paths, a DynamoDB-compatible server,
 //! stores on either backend.
 
+pub mod gateway;
 pub mod http;
 pub mod local_mesh;
 pub mod mesh;

@@ -81,6 +81,17 @@ pub fn audit_only(audit: SocketAddr) -> Upstreams {
     }
 }
 
+/// Every role at one address: for a gateway test that only reaches some of them.
+pub fn all_at(addr: SocketAddr) -> Upstreams {
+    let at = format!("https://{addr}");
+    Upstreams {
+        user: at.clone(),
+        order: at.clone(),
+        payment: at.clone(),
+        audit: at,
+    }
+}
+
 /// A role serving on loopback until stopped.
 /// The configuration a test role runs with: its own certificate, loopback probe and metrics
 /// ports, and a fast order saga.

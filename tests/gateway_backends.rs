@@ -1,18 +1,17 @@
-//! The audit tail through the gateway: Server-Sent Events or newline-delimited JSON chosen by
-//! `Accept`, admins only, new records as they are appended, and an error event (not a silent
-//! close) when the backend goes away mid-stream.
+//! The gateway and its backends: the audit tail as Server-Sent Events or newline-delimited
+//! JSON chosen by `Accept` (admins only, records as they are appended, an error event rather
+//! than a silent close when the backend goes away mid-stream), and calls balanced over every
+//! endpoint configured for a service.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use ordermesh::roles::{Role, Upstreams, build_gateway};
+use ordermesh::roles::{Role, Upstreams};
 use ordermesh_edge_gateway::GatewayConfig;
-use ordermesh_platform::identity::workloads;
-use ordermesh_platform::shutdown::Shutdown;
-use ordermesh_platform::store::schema::StoreConfig;
-use ordermesh_tests::http::{Api, HttpResponse, StreamingResponse};
-use ordermesh_tests::mesh::{RunningService, TestCerts, audit_only, service_config};
-use serde_json::json;
+use ordermesh_tests::gateway::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, RunningGateway, user_service_with_admin,
+};
+use ordermesh_tests::http::{HttpResponse, StreamingResponse};
+use ordermesh_tests::mesh::{RunningService, TestCerts, all_at, http_get};
 
 const TAIL: &str = "/v1/audit/events:tail";
 const WAIT: Duration = Duration::from_secs(20);
@@ -43,61 +42,21 @@ fn is_registration(record: &serde_json::Value) -> bool {
 async fn the_audit_tail_streams_as_sse_or_ndjson_and_ends_with_an_error_event() {
     let certs = TestCerts::new();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
-    let mut user_config = service_config(
-        Role::User,
-        &certs,
-        StoreConfig::Embedded {
-            data_dir: dirs[1].path().to_path_buf(),
-        },
-        any,
-        audit_only(audit.grpc_addr),
-    );
-    user_config.bootstrap_admin = Some(("root@example.com".into(), "a long admin secret".into()));
-    let user = RunningService::start_config(Role::User, user_config).await;
-
+    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
     let upstreams = Upstreams {
         user: format!("https://{}", user.grpc_addr),
-        order: format!("https://{}", audit.grpc_addr),
-        payment: format!("https://{}", audit.grpc_addr),
-        audit: format!("https://{}", audit.grpc_addr),
+        ..all_at(audit.grpc_addr)
     };
-    let listener = tokio::net::TcpListener::bind(any).await.unwrap();
-    let gateway_addr = listener.local_addr().unwrap();
-    let config = GatewayConfig {
-        http_addr: gateway_addr,
-        ..Default::default()
-    };
-    let gateway =
-        build_gateway(&certs.mesh_config(workloads::GATEWAY), config, &upstreams).unwrap();
-    let stop_gateway = Shutdown::new();
-    let serving = tokio::spawn(gateway.serve(listener, stop_gateway.clone()));
-
-    let anon = Api {
-        addr: gateway_addr,
-        token: None,
-    };
-    let login = anon
-        .post(
-            "/v1/auth/login",
-            json!({"email": "root@example.com", "password": "a long admin secret"}),
-        )
-        .await;
-    assert_eq!(login.status, 200, "{}", login.text());
-    let admin_token = login.json()["accessToken"].as_str().unwrap().to_string();
-    let admin_auth = format!("Bearer {admin_token}");
+    let gateway = RunningGateway::start(&certs, &upstreams, GatewayConfig::default()).await;
+    let gateway_addr = gateway.addr;
+    let anon = gateway.anonymous();
+    let admin = gateway.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let admin_auth = format!("Bearer {}", admin.token.as_deref().unwrap());
 
     // Who may tail: nobody anonymous, no plain user.
     assert_eq!(anon.get(TAIL).await.status, 401);
-    anon.post("/v1/users", json!({"email": "pat@example.com", "password": "correct horse battery", "displayName": "Pat"})).await;
-    let pat = anon
-        .post(
-            "/v1/auth/login",
-            json!({"email": "pat@example.com", "password": "correct horse battery"}),
-        )
-        .await;
-    let pat = anon.with_token(pat.json()["accessToken"].as_str().unwrap());
+    let pat = gateway.new_user("pat@example.com").await;
     let refused = pat.get(TAIL).await;
     assert_eq!(refused.status, 403, "{}", refused.text());
     assert_eq!(
@@ -131,8 +90,7 @@ async fn the_audit_tail_streams_as_sse_or_ndjson_and_ends_with_an_error_event() 
     assert_eq!(head.header("content-type"), Some("application/x-ndjson"));
 
     // A new account is audited; both tails see the record as it is appended.
-    let created = anon.post("/v1/users", json!({"email": "quinn@example.com", "password": "correct horse battery", "displayName": "Quinn"})).await;
-    assert_eq!(created.status, 200, "{}", created.text());
+    gateway.new_user("quinn@example.com").await;
     let got = sse
         .read_until(WAIT, |r| {
             sse_events(r)
@@ -174,7 +132,59 @@ async fn the_audit_tail_streams_as_sse_or_ndjson_and_ends_with_an_error_event() 
     sse.read_until(WAIT, |_| false).await;
     assert!(sse.is_closed(), "the stream closes after its error event");
 
-    stop_gateway.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(15), serving).await;
+    gateway.stop().await;
     user.stop().await;
+}
+
+fn verify_calls(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ordermesh_rpc_server_requests_total")
+                && l.contains(r#"rpc_method="VerifyChain",grpc_code="Ok""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_balanced_over_every_endpoint_and_survive_one_going_away() {
+    let certs = TestCerts::new();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+    let second = RunningService::start(Role::Audit, &certs, dirs[1].path()).await;
+    let user = user_service_with_admin(&certs, dirs[2].path(), first.grpc_addr).await;
+    let upstreams = Upstreams {
+        user: format!("https://{}", user.grpc_addr),
+        audit: format!("https://{},https://{}", first.grpc_addr, second.grpc_addr),
+        ..all_at(first.grpc_addr)
+    };
+    let gateway = RunningGateway::start(&certs, &upstreams, GatewayConfig::default()).await;
+    let admin = gateway.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+
+    for _ in 0..40 {
+        let res = admin.get("/v1/audit:verify").await;
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    let on_first = verify_calls(&http_get(first.metrics_addr, "/metrics").await.1);
+    let on_second = verify_calls(&http_get(second.metrics_addr, "/metrics").await.1);
+    assert_eq!(on_first + on_second, 40);
+    assert!(
+        on_first >= 5 && on_second >= 5,
+        "both endpoints serve: {on_first} and {on_second}"
+    );
+
+    // One endpoint goes away: after at most the first failures, the other serves every call.
+    second.stop().await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(admin.get("/v1/audit:verify").await.status);
+    }
+    let tail = &statuses[statuses.len() - 10..];
+    assert!(tail.iter().all(|s| *s == 200), "{statuses:?}");
+
+    gateway.stop().await;
+    user.stop().await;
+    first.stop().await;
 }

@@ -1,0 +1,109 @@
+//! The edge gateway as a test runs it: bound on an ephemeral loopback port in front of the
+//! given upstreams, stopped (bounded) at the end.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ordermesh::roles::{Role, Upstreams, build_gateway};
+use ordermesh_edge_gateway::GatewayConfig;
+use ordermesh_platform::identity::workloads;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::store::schema::StoreConfig;
+
+use crate::http::Api;
+use crate::mesh::{RunningService, TestCerts, audit_only, service_config};
+
+pub const ADMIN_EMAIL: &str = "root@example.com";
+pub const ADMIN_PASSWORD: &str = "a long admin secret";
+
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningGateway {
+    /// Starts the gateway; `config.http_addr` is replaced by the bound address.
+    pub async fn start(certs: &TestCerts, upstreams: &Upstreams, config: GatewayConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let addr = listener.local_addr().expect("gateway address");
+        let config = GatewayConfig {
+            http_addr: addr,
+            ..config
+        };
+        let gateway = build_gateway(&certs.mesh_config(workloads::GATEWAY), config, upstreams)
+            .expect("build gateway");
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(gateway.serve(listener, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn anonymous(&self) -> Api {
+        Api {
+            addr: self.addr,
+            token: None,
+        }
+    }
+
+    /// Logs in through the gateway and returns a client carrying the access token.
+    pub async fn login(&self, email: &str, password: &str) -> Api {
+        let res = self
+            .anonymous()
+            .post(
+                "/v1/auth/login",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "login: {}", res.text());
+        self.anonymous()
+            .with_token(res.json()["accessToken"].as_str().expect("accessToken"))
+    }
+
+    /// Registers an account and logs it in.
+    pub async fn new_user(&self, email: &str) -> Api {
+        let password = "correct horse battery";
+        let res = self
+            .anonymous()
+            .post(
+                "/v1/users",
+                serde_json::json!({"email": email, "password": password, "displayName": "Test"}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "register: {}", res.text());
+        self.login(email, password).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("gateway stops within 15 s")
+            .expect("task joins")
+            .expect("gateway ran without error");
+    }
+}
+
+/// user-service with the bootstrap admin ([`ADMIN_EMAIL`]), sending its events to `audit`.
+pub async fn user_service_with_admin(
+    certs: &TestCerts,
+    data_dir: &std::path::Path,
+    audit: SocketAddr,
+) -> RunningService {
+    let mut config = service_config(
+        Role::User,
+        certs,
+        StoreConfig::Embedded {
+            data_dir: data_dir.to_path_buf(),
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        audit_only(audit),
+    );
+    config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
+    RunningService::start_config(Role::User, config).await
+}
