@@ -10,7 +10,7 @@ use ordermesh_edge_gateway::GatewayConfig;
 use ordermesh_platform::store::schema::StoreConfig;
 use ordermesh_tests::gateway::RunningGateway;
 use ordermesh_tests::http::request;
-use ordermesh_tests::mesh::{RunningService, TestCerts, no_upstreams};
+use ordermesh_tests::mesh::{RunningService, TestCerts, all_at, no_upstreams};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
@@ -137,6 +137,121 @@ async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
     )
     .await;
     assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+
+    gateway.stop().await;
+    payment.stop().await;
+    user.stop().await;
+    audit.stop().await;
+}
+
+/// Accepts connections and never answers, as a hung process or a dropped route does.
+struct BlackHole {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    async fn at(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Self { task }
+    }
+
+    async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_backend_times_out_then_fails_fast_and_recovers() {
+    let certs = TestCerts::new();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+    let with_audit = Upstreams {
+        audit: format!("https://{}", audit.grpc_addr),
+        ..no_upstreams()
+    };
+    let user =
+        RunningService::start_with(Role::User, &certs, dirs[1].path(), any, with_audit.clone())
+            .await;
+    let payment_addr = std::net::TcpListener::bind(any)
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let hole = BlackHole::at(payment_addr).await;
+    let deadline = Duration::from_millis(400);
+    let gateway = RunningGateway::start(
+        &certs,
+        &Upstreams {
+            user: format!("https://{}", user.grpc_addr),
+            payment: format!("https://{payment_addr}"),
+            ..all_at(audit.grpc_addr)
+        },
+        GatewayConfig {
+            deadline,
+            ..Default::default()
+        },
+    )
+    .await;
+    let api = gateway.new_user("bh@example.com").await;
+
+    // Each call waits at most the deadline (plus one retry for a GET) and gets a problem.
+    let mut slowest = Duration::ZERO;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let res = api.get("/v1/wallet").await;
+        slowest = slowest.max(started.elapsed());
+        statuses.push(res.status);
+        assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 504 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        slowest < deadline * 2 + Duration::from_secs(2),
+        "bounded by the deadline: {slowest:?}"
+    );
+    // Open circuit: answered without waiting on the hole.
+    let started = Instant::now();
+    let fast = api.get("/v1/wallet").await;
+    assert_eq!(fast.status, 503, "{}", fast.text());
+    assert!(
+        started.elapsed() < deadline,
+        "an open circuit does not wait for the deadline"
+    );
+
+    // The route comes back with a real payment-service behind it.
+    hole.close().await;
+    let payment = RunningService::start_on(
+        Role::Payment,
+        &certs,
+        StoreConfig::Embedded {
+            data_dir: dirs[2].path().to_path_buf(),
+        },
+        payment_addr,
+        with_audit,
+    )
+    .await;
+    let mut recovered = false;
+    for _ in 0..60 {
+        if api.get("/v1/wallet").await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        recovered,
+        "the circuit closed once payment-service answered"
+    );
 
     gateway.stop().await;
     payment.stop().await;

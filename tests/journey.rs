@@ -439,7 +439,20 @@ async fn every_mistake_gets_its_documented_answer() {
                 .is_some_and(|h| h.starts_with("Bearer")),
             "{what}"
         );
+        let write = anon
+            .with_token(&token)
+            .post(
+                "/v1/wallet/deposits",
+                json!({"amount": {"currency": "EUR", "amountMinor": "100"}, "idempotencyKey": what}),
+            )
+            .await;
+        assert_eq!(write.status, 401, "{what}: {}", write.text());
     }
+    assert_eq!(
+        anon.with_token(&valid).get("/v1/wallet").await.json()["balances"],
+        json!([]),
+        "no forged deposit landed"
+    );
 
     // Client-supplied internal headers are not forwarded: the backend sees the token's user.
     let spoof = request(

@@ -74,7 +74,7 @@ async fn allowed_identity_succeeds_and_a_disallowed_one_is_denied() {
 }
 
 #[tokio::test]
-async fn no_certificate_or_another_ca_never_reaches_a_handler() {
+async fn no_certificate_another_ca_or_an_expired_one_never_reaches_a_handler() {
     let certs = TestCerts::new();
     let data = tempfile::tempdir().unwrap();
     let svc = RunningService::start(Role::Audit, &certs, data.path()).await;
@@ -126,6 +126,44 @@ async fn no_certificate_or_another_ca_never_reaches_a_handler() {
         err.code(),
         tonic::Code::PermissionDenied,
         "must fail in the handshake, not in authz"
+    );
+
+    // A certificate from the mesh CA with an allowed identity that expired yesterday.
+    let mesh_ca = MeshCa::from_pem(
+        &std::fs::read_to_string(certs.certs.ca_cert()).unwrap(),
+        &std::fs::read_to_string(certs.certs.ca_key()).unwrap(),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let expired = mesh_ca
+        .issue(
+            &id,
+            &local_dns_names(workloads::PAYMENT),
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    let stale = Endpoint::from_shared(format!("https://{}", svc.grpc_addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .identity(Identity::from_pem(expired.cert_pem, expired.key_pem))
+                .domain_name(workloads::AUDIT),
+        )
+        .unwrap()
+        .connect_lazy();
+    let err = AuditServiceClient::new(stale)
+        .append(AppendRequest {
+            events: vec![event("expired")],
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    assert_ne!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "an expired certificate fails in the handshake"
     );
 
     assert_eq!(

@@ -52,19 +52,13 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(users: UserServiceClient<MeshChannel>, issuer: &str, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         Self {
             users,
             keys: RwLock::new(Keys {
                 by_kid: HashMap::new(),
                 fetched: None,
             }),
-            validation,
+            validation: validation(issuer, audience),
         }
     }
 
@@ -117,11 +111,7 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Algorithm);
-        }
-        let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+        let kid = token_kid(token)?;
         self.refresh(false).await?;
         let mut key = self.keys.read().await.by_kid.get(&kid).cloned();
         if key.is_none() {
@@ -129,20 +119,48 @@ impl Verifier {
             key = self.keys.read().await.by_kid.get(&kid).cloned();
         }
         let key = key.ok_or(AuthError::UnknownKey)?;
-        jsonwebtoken::decode::<AccessClaims>(token, &key, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
-                        AuthError::WrongAudience
-                    }
-                    ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
-                    _ => AuthError::Malformed,
-                }
-            })
+        decode_claims(token, &key, &self.validation)
     }
+}
+
+/// What a token must satisfy besides its signature: EdDSA only, our issuer and audience,
+/// `exp`/`nbf` with a small leeway, and the claims every access token has.
+pub fn validation(issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY_SECS;
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation
+}
+
+/// The signing key id a token names, once its header proves it is an EdDSA token.
+pub fn token_kid(token: &str) -> Result<String, AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(AuthError::Algorithm);
+    }
+    header.kid.ok_or(AuthError::UnknownKey)
+}
+
+/// The claims of a token signed by `key`, checked against `validation`.
+pub fn decode_claims(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<AccessClaims, AuthError> {
+    jsonwebtoken::decode::<AccessClaims>(token, key, validation)
+        .map(|d| d.claims)
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                _ => AuthError::Malformed,
+            }
+        })
 }

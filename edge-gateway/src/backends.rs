@@ -174,16 +174,29 @@ impl Backends {
                 )));
             }
             let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
-            let result = match grpc.ready().await {
-                Ok(()) => grpc
-                    .unary(self.request(body.clone(), metadata), path.clone(), RawCodec)
-                    .await
-                    .map(tonic::Response::into_inner),
-                Err(e) => Err(Status::unavailable(format!(
-                    "{} is unavailable: {e}",
-                    backend.workload
-                ))),
+            let call = async {
+                match grpc.ready().await {
+                    Ok(()) => grpc
+                        .unary(self.request(body.clone(), metadata), path.clone(), RawCodec)
+                        .await
+                        .map(tonic::Response::into_inner),
+                    Err(e) => Err(Status::unavailable(format!(
+                        "{} is unavailable: {e}",
+                        backend.workload
+                    ))),
+                }
             };
+            // `grpc-timeout` tells the backend; this holds the line when the backend (or the
+            // network) never answers at all.
+            let result = tokio::time::timeout(self.deadline, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "{} did not answer within {} ms",
+                        backend.workload,
+                        self.deadline.as_millis()
+                    )))
+                });
             match result {
                 Ok(bytes) => {
                     backend.breaker.record(true);
@@ -206,7 +219,7 @@ impl Backends {
         Err(last)
     }
 
-    /// A server-streaming call; the deadline does not apply (streams are long-lived).
+    /// A server-streaming call; the deadline bounds opening it, not its life.
     pub async fn server_streaming(
         &self,
         rpc: &MethodInfo,
@@ -225,12 +238,24 @@ impl Backends {
             .parse()
             .map_err(|_| Status::internal("bad method path"))?;
         let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
-        grpc.ready().await.map_err(|e| {
-            Status::unavailable(format!("{} is unavailable: {e}", backend.workload))
-        })?;
         let mut req = tonic::Request::new(body);
         *req.metadata_mut() = metadata.clone();
-        let result = grpc.server_streaming(req, path, RawCodec).await;
+        let open = async {
+            grpc.ready().await.map_err(|e| {
+                Status::unavailable(format!("{} is unavailable: {e}", backend.workload))
+            })?;
+            grpc.server_streaming(req, path, RawCodec).await
+        };
+        // The deadline bounds opening the stream (not how long it then runs).
+        let result = tokio::time::timeout(self.deadline, open)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "{} did not open the stream within {} ms",
+                    backend.workload,
+                    self.deadline.as_millis()
+                )))
+            });
         backend.breaker.record(
             result
                 .as_ref()

@@ -197,12 +197,17 @@ pub fn request(
         }
         set_path(&mut root, &fields, v, leaf.is_list()).map_err(TranscodeError::Invalid)?;
     }
+    // Track where in the document a value fails, so the 400 names the field.
+    let mut track = serde_path_to_error::Track::new();
     let message = DynamicMessage::deserialize_with_options(
         desc,
-        Value::Object(root),
+        serde_path_to_error::Deserializer::new(Value::Object(root), &mut track),
         &DeserializeOptions::new(),
     )
-    .map_err(|e| TranscodeError::Invalid(e.to_string()))?;
+    .map_err(|e| match track.path().to_string() {
+        path if path.is_empty() || path == "." => TranscodeError::Invalid(e.to_string()),
+        path => TranscodeError::Invalid(format!("{path}: {e}")),
+    })?;
     Ok(Bytes::from(message.encode_to_vec()))
 }
 

@@ -228,10 +228,41 @@ impl ServiceConfig {
             store: StoreConfig::from_env(PathBuf::from(".ordermesh/data"))?,
             upstreams: Upstreams::from_env()?,
             jwt: JwtSettings::from_env()?,
-            bootstrap_admin: None,
+            bootstrap_admin: bootstrap_admin_from_env()?,
             saga: SagaSettings::default(),
             seed_demo_catalog: env_or("ORDERMESH_SEED_DEMO_CATALOG", false)?,
         })
+    }
+}
+
+/// `ORDERMESH_BOOTSTRAP_ADMIN_EMAIL` with `ORDERMESH_BOOTSTRAP_ADMIN_PASSWORD_FILE` (a file, so
+/// the secret stays out of the environment): both or neither.
+fn bootstrap_admin_from_env() -> Result<Option<(String, String)>, ConfigError> {
+    const EMAIL: &str = "ORDERMESH_BOOTSTRAP_ADMIN_EMAIL";
+    const PASSWORD_FILE: &str = "ORDERMESH_BOOTSTRAP_ADMIN_PASSWORD_FILE";
+    let email: Option<String> = env_opt(EMAIL)?;
+    let file: Option<PathBuf> = env_opt(PASSWORD_FILE)?;
+    match (email, file) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Missing {
+            var: PASSWORD_FILE.into(),
+            reason: format!("{EMAIL} is set"),
+        }),
+        (None, Some(_)) => Err(ConfigError::Missing {
+            var: EMAIL.into(),
+            reason: format!("{PASSWORD_FILE} is set"),
+        }),
+        (Some(email), Some(file)) => {
+            let password = std::fs::read_to_string(&file).map_err(|e| ConfigError::Invalid {
+                var: PASSWORD_FILE.into(),
+                value: file.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok(Some((
+                email,
+                password.trim_end_matches(['\r', '\n']).to_string(),
+            )))
+        }
     }
 }
 
@@ -376,12 +407,12 @@ fn read_key(path: &std::path::Path) -> Result<String, RoleError> {
 
 /// The configured signing key, or one generated under the embedded data directory.
 fn signing_keys(config: &ServiceConfig) -> Result<SigningKeys, RoleError> {
-    let current = match (&config.jwt.signing_key_file, &config.store) {
+    let current = match (&config.jwt.signing_key_file, config.store.embedded_dir()) {
         (Some(path), _) => read_key(path)?,
-        (None, StoreConfig::Embedded { data_dir }) => {
+        (None, Some(data_dir)) => {
             SigningKeys::load_or_create(&data_dir.join("jwt-signing-key.pem"))?
         }
-        (None, StoreConfig::DynamoDb(_)) => return Err(RoleError::NoSigningKey),
+        (None, None) => return Err(RoleError::NoSigningKey),
     };
     let previous = config
         .jwt

@@ -41,6 +41,23 @@ pub fn grpc_code<B>(res: &Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
+/// tonic answers a request body that is not a valid message with INTERNAL; it is the
+/// caller's mistake, so it becomes INVALID_ARGUMENT (the message, naming the field, stays).
+fn undecodable_is_invalid_argument<B>(res: &mut Response<B>) {
+    let undecodable = grpc_code(res) == tonic::Code::Internal
+        && res.headers().get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            m.starts_with(b"failed to decode Protobuf message")
+                || m.starts_with(b"failed%20to%20decode%20Protobuf%20message")
+        });
+    if undecodable {
+        res.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::InvalidArgument as i32),
+        );
+    }
+}
+
 fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
@@ -150,7 +167,12 @@ where
         let started = Instant::now();
         let fut_span = span.clone();
         async move {
-            let result = inner.call(req).await;
+            let mut result = inner.call(req).await;
+            if side == Side::Server
+                && let Ok(res) = result.as_mut()
+            {
+                undecodable_is_invalid_argument(res);
+            }
             let code = match &result {
                 Ok(res) => grpc_code(res),
                 Err(_) => tonic::Code::Unavailable,

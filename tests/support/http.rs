@@ -50,8 +50,8 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+) -> std::io::Result<tokio::net::TcpStream> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -60,9 +60,9 @@ async fn send(
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.expect("write");
-    stream.write_all(body).await.expect("write body");
-    stream
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    Ok(stream)
 }
 
 /// Sends one request and reads the whole response (bounded to 30 s).
@@ -73,13 +73,33 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut stream = send(addr, method, path, headers, body).await;
+    try_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Like [`request`], with failures returned rather than panicking.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = send(addr, method, path, headers, body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
-        .expect("response within 30 s")
-        .expect("read");
-    parse(&raw)
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no response within 30 s")
+        })??;
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before a response head",
+        ));
+    }
+    Ok(parse(&raw))
 }
 
 /// Parses a response read so far: a partial chunked body decodes up to its last whole chunk.
@@ -126,7 +146,9 @@ impl StreamingResponse {
     /// Sends a GET and returns once the request is written.
     pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
         Self {
-            stream: send(addr, "GET", path, headers, b"").await,
+            stream: send(addr, "GET", path, headers, b"")
+                .await
+                .expect("send request"),
             raw: Vec::new(),
             closed: false,
         }

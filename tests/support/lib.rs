@@ -7,6 +7,7 @@ pub mod local_mesh;
 pub mod mesh;
 pub mod moto;
 pub mod otlp;
+pub mod process;
 pub mod stores;
 
 use std::path::PathBuf;

@@ -11,12 +11,13 @@ mod cursor;
 pub mod dynamodb;
 pub mod embedded;
 mod error;
+pub mod faults;
 pub mod schema;
 
 use bytes::Bytes;
 
 pub use cursor::Cursor;
-pub use error::StoreError;
+pub use error::{StoreError, exhausted};
 
 /// The largest number of writes in one atomic batch (DynamoDB's transaction limit).
 pub const MAX_BATCH: usize = 100;
@@ -194,6 +195,8 @@ pub struct Page {
 pub enum Table {
     Embedded(embedded::EmbeddedTable),
     DynamoDb(dynamodb::DynamoTable),
+    /// Either of the above behind injected failures (fault tests).
+    Faulty(std::sync::Arc<faults::FaultyTable>),
 }
 
 impl Table {
@@ -203,6 +206,7 @@ impl Table {
         match self {
             Self::Embedded(t) => t.get(pk, sk).await,
             Self::DynamoDb(t) => t.get(pk, sk).await,
+            Self::Faulty(t) => Box::pin(t.get(pk, sk)).await,
         }
     }
 
@@ -213,6 +217,7 @@ impl Table {
         match self {
             Self::Embedded(t) => t.write(writes).await,
             Self::DynamoDb(t) => t.write(writes).await,
+            Self::Faulty(t) => Box::pin(t.write(writes)).await,
         }
     }
 
@@ -238,6 +243,7 @@ impl Table {
         match self {
             Self::Embedded(t) => t.query(query, false).await,
             Self::DynamoDb(t) => t.query(query, false).await,
+            Self::Faulty(t) => Box::pin(t.query(query, false)).await,
         }
     }
 
@@ -283,6 +289,7 @@ impl Table {
         match self {
             Self::Embedded(t) => t.query(query, true).await,
             Self::DynamoDb(t) => t.query(query, true).await,
+            Self::Faulty(t) => Box::pin(t.query(query, true)).await,
         }
     }
 }

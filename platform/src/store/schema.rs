@@ -21,6 +21,11 @@ pub enum StoreConfig {
     Embedded { data_dir: PathBuf },
     /// `<table_prefix><table>` in DynamoDB.
     DynamoDb(DynamoSettings),
+    /// Another configuration's tables behind injected failures (fault tests).
+    Faulty {
+        inner: Box<StoreConfig>,
+        faults: super::faults::Faults,
+    },
 }
 
 impl StoreConfig {
@@ -60,6 +65,22 @@ impl StoreConfig {
                     format!("{}{table}", settings.table_prefix),
                 )))
             }
+            Self::Faulty { inner, faults } => {
+                let inner = Box::pin(inner.open(table)).await?;
+                Ok(Table::Faulty(std::sync::Arc::new(
+                    super::faults::FaultyTable::new(inner, faults.clone()),
+                )))
+            }
+        }
+    }
+
+    /// The embedded data directory, when the tables (or those a fault wrapper wraps) are
+    /// embedded.
+    pub fn embedded_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Embedded { data_dir } => Some(data_dir),
+            Self::DynamoDb(_) => None,
+            Self::Faulty { inner, .. } => inner.embedded_dir(),
         }
     }
 
@@ -68,6 +89,7 @@ impl StoreConfig {
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         match self {
             Self::Embedded { .. } => Ok(Vec::new()),
+            Self::Faulty { inner, .. } => Box::pin(inner.create_tables()).await,
             Self::DynamoDb(settings) => {
                 let client = dynamodb::client(settings).await;
                 let mut created = Vec::new();

@@ -21,7 +21,7 @@ use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::money::{MAX_AMOUNT_MINOR, money};
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::shutdown::Shutdown;
-use ordermesh_platform::store::{Condition, NewItem, StoreError, Write};
+use ordermesh_platform::store::{Condition, NewItem, StoreError, Write, exhausted};
 use tonic::Code;
 
 use crate::catalog::Catalog;
@@ -128,6 +128,7 @@ impl OrderSaga {
         key: &str,
     ) -> Result<Order, OrderError> {
         let mut placed = None;
+        let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(id) = self.orders.by_key(user, key).await? {
                 let (rec, _) = self.orders.get(&id).await?.ok_or(OrderError::NotFound)?;
@@ -209,11 +210,13 @@ impl OrderSaga {
                     break;
                 }
                 // Key taken by a concurrent twin, or stock moved: look again.
-                Err(e) if e.is_condition_failed() || e.is_retryable() => continue,
+                Err(e) if e.is_condition_failed() || e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e.into()),
             }
         }
-        let id = placed.ok_or(OrderError::Contended)?;
+        let Some(id) = placed else {
+            return Err(exhausted(last, OrderError::Contended));
+        };
         self.settle_charge(&id).await
     }
 
@@ -277,6 +280,7 @@ impl OrderSaga {
         actor: &str,
         extra: impl Fn(&mut OrderRecord) -> Vec<Write>,
     ) -> Result<Order, OrderError> {
+        let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
             let (mut rec, version) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
             let current = rec.state();
@@ -303,11 +307,11 @@ impl OrderSaga {
                     self.outbox.notify();
                     return Ok(order);
                 }
-                Err(e) if e.is_condition_failed() || e.is_retryable() => continue,
+                Err(e) if e.is_condition_failed() || e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(OrderError::Contended)
+        Err(exhausted(last, OrderError::Contended))
     }
 
     /// CANCELLED with stock back on the shelf; `refund` marks a refund as owed.

@@ -17,7 +17,7 @@ use ordermesh_contracts::payment::{Payment, PaymentState, Transaction, Transacti
 use ordermesh_platform::money::money;
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::store::{
-    Condition, Cursor, KeyRange, NewItem, Query, StoreError, Table, Write,
+    Condition, Cursor, KeyRange, NewItem, Query, StoreError, Table, Write, exhausted,
 };
 use prost::Message;
 
@@ -175,6 +175,7 @@ impl Wallets {
     pub async fn apply(&self, m: Movement) -> Result<MovementRecord, WalletError> {
         let id = ledger::movement_id(m.kind, &m.scope, &m.idempotency_key);
         let marker_pk = format!("move#{id}");
+        let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(item) = self.table.get(&marker_pk, "move").await? {
                 let first: MovementRecord = decode(&item.data)?;
@@ -295,11 +296,11 @@ impl Wallets {
                     return Ok(record);
                 }
                 // Lost a race (same key, or another movement on this wallet or payment): re-read.
-                Err(e) if e.is_condition_failed() || e.is_retryable() => continue,
+                Err(e) if e.is_condition_failed() || e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(WalletError::Contended)
+        Err(exhausted(last, WalletError::Contended))
     }
 
     fn event(&self, m: &Movement, id: &str, t: &Transaction) -> AuditEvent {

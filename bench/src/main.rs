@@ -1,0 +1,314 @@
+//! `ordermesh-bench run`: starts what it measures on loopback, loads each target in turn
+//! with the same generator settings, and writes the results into `BENCHMARKS.md`.
+//! `ordermesh-bench hello`: the minimal HTTP server measured as the limit.
+
+mod fixture;
+mod grpc_load;
+mod hello;
+mod idle;
+mod measure;
+mod processes;
+mod report;
+mod soak;
+mod wrk;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ordermesh_platform::config::{MeshConfig, MtlsMode};
+use ordermesh_platform::identity::workloads;
+
+use crate::grpc_load::GetOrderLoad;
+use crate::idle::IdleConnections;
+use crate::measure::Measured;
+use crate::processes::{Mesh, Proc, free_addr};
+use crate::report::{IdleResult, Report, Row};
+use crate::wrk::Load;
+
+#[derive(Parser)]
+#[command(name = "ordermesh-bench", about = "Benchmarks of the ordermesh mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every benchmark and write the results.
+    Run {
+        /// The release `ordermesh` binary to run the roles with.
+        #[arg(long)]
+        ordermesh: PathBuf,
+        /// Seconds of measured load per run (after a 2 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Concurrent clients; each level is run for every target.
+        #[arg(long, value_delimiter = ',', default_value = "32,64")]
+        concurrency: Vec<usize>,
+        /// Idle keep-alive connections held open against the gateway.
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+        /// Results file; the generated section between its markers is replaced.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// Soak at a fixed rate, then check the per-user rate limit; results go to RELIABILITY.md.
+    Soak {
+        #[arg(long)]
+        ordermesh: PathBuf,
+        /// Requests per second through the gateway.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Seconds of soak.
+        #[arg(long, default_value_t = 120)]
+        duration: u64,
+        /// The per-user limit checked afterwards: requests per minute and burst.
+        #[arg(long, default_value_t = 1200)]
+        limit_per_minute: u32,
+        #[arg(long, default_value_t = 20)]
+        limit_burst: u32,
+        #[arg(long, default_value = "RELIABILITY.md")]
+        out: PathBuf,
+    },
+    /// Serve the fixed JSON body (the limit).
+    Hello {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Hello { addr } => runtime.block_on(hello::serve(addr)),
+        Cmd::Soak {
+            ordermesh,
+            rate,
+            duration,
+            limit_per_minute,
+            limit_burst,
+            out,
+        } => runtime.block_on(async {
+            let dir = std::env::temp_dir().join(format!("ordermesh-soak-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let mut mesh = Mesh::start(&ordermesh, &dir, Some((limit_per_minute, limit_burst)))?;
+            mesh.ready().await?;
+            let fixture = fixture::prepare(mesh.gateway, 64, 8).await?;
+            println!("soak: {rate} requests/s for {duration} s");
+            let soaked = soak::soak(&mesh, &fixture, rate, Duration::from_secs(duration)).await;
+            println!(
+                "    by status {:?}, {} transport errors",
+                soaked.by_status, soaked.transport_errors
+            );
+            // A user who has not spent any of their bucket yet.
+            let fresh = &fixture.tokens[fixture.tokens.len() - 1];
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            println!(
+                "rate limit: {limit_per_minute}/min, burst {limit_burst}, 16 clients of one user"
+            );
+            let limited = soak::rate_limit(
+                mesh.gateway,
+                fresh,
+                limit_per_minute,
+                limit_burst,
+                16,
+                Duration::from_secs(20),
+            )
+            .await;
+            println!(
+                "    {} admitted of {:.0} allowed ({:+.1}%)",
+                limited.admitted,
+                limited.expected,
+                limited.error_ratio() * 100.0
+            );
+            soak::write(&out, &soaked, &limited)?;
+            drop(mesh);
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("results written to {}", out.display());
+            anyhow::Ok(())
+        }),
+        Cmd::Run {
+            ordermesh,
+            duration,
+            concurrency,
+            idle,
+            out,
+        } => {
+            let settings = Settings {
+                ordermesh,
+                duration: Duration::from_secs(duration),
+                concurrency,
+                idle,
+            };
+            let report = runtime.block_on(run(&settings))?;
+            report.write(&out)?;
+            println!("results written to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+struct Settings {
+    ordermesh: PathBuf,
+    duration: Duration,
+    concurrency: Vec<usize>,
+    idle: usize,
+}
+
+const WARM_UP: Duration = Duration::from_secs(2);
+
+async fn run(settings: &Settings) -> anyhow::Result<Report> {
+    Command::new("wrk")
+        .arg("--version")
+        .output()
+        .context("wrk is not installed (bench/run.sh installs it)")?;
+    let dir = std::env::temp_dir().join(format!("ordermesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let hello_addr = free_addr()?;
+    let mut hello_cmd = Command::new(std::env::current_exe()?);
+    hello_cmd
+        .arg("hello")
+        .arg("--addr")
+        .arg(hello_addr.to_string());
+    let hello = Proc::spawn("hello", hello_cmd, &dir)?;
+
+    println!("starting the mesh ({} roles as processes)", 5);
+    let mut mesh = Mesh::start(&settings.ordermesh, &dir, None)?;
+    mesh.ready().await?;
+    println!("preparing shoppers, products and an order to read");
+    let fixture = fixture::prepare(mesh.gateway, 64, 32).await?;
+
+    let gateway_files = mesh.certs.files_for(workloads::GATEWAY);
+    let direct = GetOrderLoad {
+        mesh: MeshConfig {
+            trust_domain: MeshConfig::DEFAULT_TRUST_DOMAIN.into(),
+            namespace: MeshConfig::DEFAULT_NAMESPACE.into(),
+            mtls_mode: MtlsMode::Builtin,
+            tls: Some(gateway_files),
+        },
+        endpoint: format!("https://{}", mesh.order),
+        order_name: fixture.order_name.clone(),
+        user_id: fixture.order_user_id.clone(),
+    };
+    let read_url = format!("http://{}/v1/{}", mesh.gateway, fixture.order_name);
+    let auth = format!("Authorization: Bearer {}", fixture.tokens[0]);
+
+    let mut report = Report::new(settings.duration, &settings.concurrency);
+    let all: Vec<&Proc> = std::iter::once(&hello)
+        .chain(mesh.processes.iter())
+        .collect();
+    let reset = || all.iter().for_each(|p| p.reset_peak());
+    let peaks = || {
+        all.iter()
+            .map(|p| (p.name.clone(), p.peak_rss_kib()))
+            .collect::<Vec<_>>()
+    };
+
+    for &c in &settings.concurrency {
+        let http = |load: &Load<'_>, d: Duration| wrk::run(load, &dir, c, d);
+        let hello_load = Load::Get {
+            url: format!("http://{hello_addr}/"),
+            headers: vec![],
+        };
+        let read_load = Load::Get {
+            url: read_url.clone(),
+            headers: vec![auth.clone()],
+        };
+        let mut measure = |id: u8,
+                           what: &str,
+                           f: &mut dyn FnMut(Duration) -> anyhow::Result<Measured>|
+         -> anyhow::Result<()> {
+            println!("({id}) {what}, {c} clients");
+            f(WARM_UP)?;
+            reset();
+            let m = f(settings.duration)?;
+            println!(
+                "    {:.0} req/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
+                m.per_second(),
+                m.p50_us,
+                m.p99_us,
+                m.p999_us,
+                m.errors
+            );
+            report.rows.push(Row {
+                id,
+                what: what.into(),
+                concurrency: c,
+                measured: m,
+                peak_rss_kib: peaks(),
+            });
+            Ok(())
+        };
+        measure(1, "minimal HTTP server, fixed JSON", &mut |d| {
+            http(&hello_load, d)
+        })?;
+        measure(2, "direct gRPC GetOrder over mTLS", &mut |d| {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(direct.run(c, d))
+            })
+        })?;
+        measure(3, "gateway GET /v1/orders/{id}", &mut |d| {
+            http(&read_load, d)
+        })?;
+        let mut round = 0;
+        measure(4, "gateway POST /v1/orders (placement)", &mut |d| {
+            round += 1;
+            let run = format!("c{c}r{round}");
+            http(
+                &Load::PlaceOrders {
+                    base: format!("http://{}", mesh.gateway),
+                    run: &run,
+                    tokens: &fixture.tokens,
+                    skus: &fixture.skus,
+                },
+                d,
+            )
+        })?;
+    }
+
+    println!(
+        "(5) gateway holding {} idle keep-alive connections",
+        settings.idle
+    );
+    let gateway = mesh
+        .by_name(workloads::GATEWAY)
+        .context("gateway process")?;
+    let before_kib = gateway.rss_kib();
+    gateway.reset_peak();
+    let mut idle = IdleConnections::open(mesh.gateway, settings.idle).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held_kib = gateway.rss_kib();
+    let c = *settings.concurrency.last().unwrap_or(&64);
+    let under_load = wrk::run(
+        &Load::Get {
+            url: read_url.clone(),
+            headers: vec![auth.clone()],
+        },
+        &dir,
+        c,
+        settings.duration,
+    )?;
+    let alive = idle.still_alive().await;
+    report.idle = Some(IdleResult {
+        connections: idle.count(),
+        still_alive: alive,
+        rss_before_kib: before_kib,
+        rss_held_kib: held_kib,
+        peak_under_load_kib: gateway.peak_rss_kib(),
+        read_under_load: under_load,
+        load_concurrency: c,
+    });
+    drop(idle);
+    drop(mesh);
+    drop(hello);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
