@@ -16,6 +16,9 @@ use tokio::sync::RwLock;
 const MIN_REFRESH: Duration = Duration::from_secs(5);
 const MAX_AGE: Duration = Duration::from_secs(300);
 const LEEWAY_SECS: u64 = 30;
+/// Tokens remembered as verified. A client repeats its token on every call; a lookup is far
+/// cheaper than an Ed25519 verification. When full, the memory starts over.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -48,6 +51,7 @@ pub struct Verifier {
     users: UserServiceClient<MeshChannel>,
     keys: RwLock<Keys>,
     validation: Validation,
+    verified: std::sync::RwLock<HashMap<String, AccessClaims>>,
 }
 
 impl Verifier {
@@ -59,6 +63,26 @@ impl Verifier {
                 fetched: None,
             }),
             validation: validation(issuer, audience),
+            verified: std::sync::RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// A token verified before whose `exp` and `nbf` still hold now. A key rotated out of the
+    /// JWKS keeps vouching for its tokens until they expire (at most the access-token TTL).
+    fn already_verified(&self, token: &str) -> Option<AccessClaims> {
+        let verified = self.verified.read().ok()?;
+        let claims = verified.get(token)?;
+        let now = ordermesh_platform::store::now_unix();
+        let leeway = LEEWAY_SECS as i64;
+        (claims.exp + leeway >= now && claims.nbf - leeway <= now).then(|| claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &AccessClaims) {
+        if let Ok(mut verified) = self.verified.write() {
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+            verified.insert(token.to_string(), claims.clone());
         }
     }
 
@@ -111,6 +135,9 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        if let Some(claims) = self.already_verified(token) {
+            return Ok(claims);
+        }
         let kid = token_kid(token)?;
         self.refresh(false).await?;
         let mut key = self.keys.read().await.by_kid.get(&kid).cloned();
@@ -119,7 +146,9 @@ impl Verifier {
             key = self.keys.read().await.by_kid.get(&kid).cloned();
         }
         let key = key.ok_or(AuthError::UnknownKey)?;
-        decode_claims(token, &key, &self.validation)
+        let claims = decode_claims(token, &key, &self.validation)?;
+        self.remember(token, &claims);
+        Ok(claims)
     }
 }
 

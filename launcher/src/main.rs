@@ -91,7 +91,23 @@ enum IstioCommand {
     },
 }
 
+/// glibc raises its mmap threshold after large frees, so the ~19 MiB argon2 working areas
+/// end up on per-thread heaps that keep them after the hash is done: a burst of logins left
+/// user-service holding hundreds of MiB. A fixed threshold sends large blocks to mmap, which
+/// returns them to the system when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_blocks_to_the_system() {
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_blocks_to_the_system() {}
+
 fn main() -> ExitCode {
+    return_large_blocks_to_the_system();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

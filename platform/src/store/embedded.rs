@@ -15,6 +15,10 @@ use std::sync::mpsc;
 use bytes::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// Page cache per table. redb's default (1 GiB) lets a busy service grow far past its memory
+/// budget; hot items fit in far less, and the OS page cache still holds the file.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 use tokio::sync::oneshot;
 
 use super::{
@@ -105,7 +109,9 @@ impl EmbeddedTable {
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join(format!("{name}.redb"));
-        let db = Database::create(&path)
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(ITEMS).map_err(backend)?;

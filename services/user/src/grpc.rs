@@ -94,7 +94,20 @@ fn actor_of<T>(req: &Request<T>, user: Option<&UserContext>) -> String {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+/// Password hashing is CPU- and memory-hard (argon2id takes ~19 MiB per hash), so at most
+/// one runs per core: a burst of logins queues instead of taking gigabytes.
+static PASSWORD_WORK: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+
+async fn password_work<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    let _permit = PASSWORD_WORK
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("shutting down"))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| Status::internal("worker failed"))
@@ -127,7 +140,7 @@ impl UserServer {
             return Ok(false);
         }
         let pw = password.to_string();
-        let hash = blocking(move || accounts::hash_password(&pw))
+        let hash = password_work(move || accounts::hash_password(&pw))
             .await?
             .map_err(|e| Status::internal(e.to_string()))?;
         let id = uuid::Uuid::now_v7().to_string();
@@ -260,7 +273,7 @@ impl UserService for UserServer {
         accounts::check_password(&mut v, &req.password, &email);
         v.into_result()?;
         let pw = req.password;
-        let hash = blocking(move || accounts::hash_password(&pw))
+        let hash = password_work(move || accounts::hash_password(&pw))
             .await?
             .map_err(|e| Status::internal(e.to_string()))?;
         let id = uuid::Uuid::now_v7().to_string();
@@ -304,12 +317,12 @@ impl UserService for UserServer {
         let pw = req.password;
         let user = match found {
             None => {
-                blocking(move || accounts::verify_against_nothing(&pw)).await?;
+                password_work(move || accounts::verify_against_nothing(&pw)).await?;
                 None
             }
             Some((user, _)) => {
                 let hash = user.password_hash.clone();
-                blocking(move || accounts::verify_password(&pw, &hash))
+                password_work(move || accounts::verify_password(&pw, &hash))
                     .await?
                     .then_some(user)
             }
