@@ -80,21 +80,8 @@ async fn the_gateway_answers_every_bad_request_with_its_problem_and_writes_nothi
         addr: mesh.gateway,
         token: None,
     };
-    let login = |email: String, password: String| {
-        let anon = anon.clone();
-        async move {
-            let res = anon
-                .post(
-                    "/v1/auth/login",
-                    json!({"email": email, "password": password}),
-                )
-                .await;
-            anon.with_token(res.json()["accessToken"].as_str().unwrap())
-        }
-    };
-    let admin = login(mesh.admin.0.clone(), mesh.admin.1.clone()).await;
-    anon.post("/v1/users", json!({"email": "eve@example.com", "password": "correct horse battery", "displayName": "Eve"})).await;
-    let eve = login("eve@example.com".into(), "correct horse battery".into()).await;
+    let admin = anon.login(&mesh.admin.0, &mesh.admin.1).await;
+    let eve = anon.new_user("eve@example.com").await;
     let funded = eve
         .post(
             "/v1/wallet/deposits",

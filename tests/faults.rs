@@ -75,9 +75,14 @@ fn order_of(sku: &str, quantity: i64, key: &str) -> CreateOrderRequest {
 }
 
 /// Places an order the way a client does: retrying a failed call with the same key.
-async fn place(certs: &TestCerts, order: SocketAddr, user: &str, req: CreateOrderRequest) -> Order {
+async fn place(
+    client: &OrderServiceClient<MeshChannel>,
+    user: &str,
+    req: CreateOrderRequest,
+) -> Order {
     for _ in 0..100 {
-        match orders(certs, order)
+        match client
+            .clone()
             .create_order(as_user(req.clone(), user))
             .await
         {
@@ -245,31 +250,13 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
         .iter()
         .map(|u| {
             let u = u.clone();
-            let channel = certs.channel(workloads::GATEWAY, workloads::ORDER, order_addr);
+            let client = orders(&certs, order_addr);
             tokio::spawn(async move {
                 let mut placed = Vec::new();
                 for i in 0..ORDERS_EACH {
                     let sku = ["A", "B", "C"][i % 3];
                     let req = order_of(sku, 1 + (i as i64 % 2), &format!("{u}-{i}"));
-                    let mut client = OrderServiceClient::new(channel.clone());
-                    let mut result = None;
-                    for _ in 0..100 {
-                        match client.create_order(as_user(req.clone(), &u)).await {
-                            Ok(o) => {
-                                result = Some(o.into_inner());
-                                break;
-                            }
-                            Err(s) => assert!(
-                                matches!(
-                                    s.code(),
-                                    Code::Unavailable | Code::Aborted | Code::DeadlineExceeded
-                                ),
-                                "only retryable failures: {s:?}"
-                            ),
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    placed.push(result.expect("order placed"));
+                    placed.push(place(&client, &u, req).await);
                     tokio::time::sleep(Duration::from_millis(30)).await;
                 }
                 (u, placed)
@@ -536,7 +523,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         times: 1,
         after_commit: true,
     });
-    let placed = place(&certs, order_addr, user, order_of("A", 2, "o-2")).await;
+    let placed = place(&orders(&certs, order_addr), user, order_of("A", 2, "o-2")).await;
     let first = settled(&certs, order_addr, user, &placed.name).await;
     assert_eq!(first.state, OrderState::Confirmed as i32, "{first:?}");
 
@@ -555,7 +542,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         .unwrap_err();
     assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
     order_faults.clear();
-    let placed = place(&certs, order_addr, user, order_of("A", 1, "o-3")).await;
+    let placed = place(&orders(&certs, order_addr), user, order_of("A", 1, "o-3")).await;
     let second = settled(&certs, order_addr, user, &placed.name).await;
     assert_eq!(second.state, OrderState::Confirmed as i32, "{second:?}");
     assert_books_balance(&certs, payment_addr, user, 20_000, &[first, second]).await;

@@ -9,8 +9,42 @@ use ordermesh::roles::{Role, Upstreams};
 use ordermesh_edge_gateway::GatewayConfig;
 use ordermesh_platform::store::schema::StoreConfig;
 use ordermesh_tests::gateway::RunningGateway;
-use ordermesh_tests::http::request;
+use ordermesh_tests::http::{Api, request};
 use ordermesh_tests::mesh::{RunningService, TestCerts, all_at, no_upstreams};
+
+/// Starts payment-service again on `addr` with its data, and waits (bounded) until the
+/// gateway's circuit lets a wallet call through to it.
+async fn payment_returns(
+    certs: &TestCerts,
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+    upstreams: Upstreams,
+    api: &Api,
+) -> RunningService {
+    let payment = RunningService::start_on(
+        Role::Payment,
+        certs,
+        StoreConfig::Embedded {
+            data_dir: data_dir.to_path_buf(),
+        },
+        addr,
+        upstreams,
+    )
+    .await;
+    let mut recovered = false;
+    for _ in 0..60 {
+        if api.get("/v1/wallet").await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        recovered,
+        "the circuit closed again once payment-service was back"
+    );
+    payment
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
@@ -76,28 +110,7 @@ async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
     );
 
     // Back on the same address; after the cool-down a trial call closes the circuit.
-    let payment = RunningService::start_on(
-        Role::Payment,
-        &certs,
-        StoreConfig::Embedded {
-            data_dir: dirs[2].path().to_path_buf(),
-        },
-        payment_addr,
-        with_audit,
-    )
-    .await;
-    let mut recovered = false;
-    for _ in 0..40 {
-        if api.get("/v1/wallet").await.status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        recovered,
-        "the circuit closed again once payment-service was back"
-    );
+    let payment = payment_returns(&certs, dirs[2].path(), payment_addr, with_audit, &api).await;
 
     // CORS for a configured origin only.
     let allowed = request(
@@ -230,28 +243,7 @@ async fn a_black_holed_backend_times_out_then_fails_fast_and_recovers() {
 
     // The route comes back with a real payment-service behind it.
     hole.close().await;
-    let payment = RunningService::start_on(
-        Role::Payment,
-        &certs,
-        StoreConfig::Embedded {
-            data_dir: dirs[2].path().to_path_buf(),
-        },
-        payment_addr,
-        with_audit,
-    )
-    .await;
-    let mut recovered = false;
-    for _ in 0..60 {
-        if api.get("/v1/wallet").await.status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        recovered,
-        "the circuit closed once payment-service answered"
-    );
+    let payment = payment_returns(&certs, dirs[2].path(), payment_addr, with_audit, &api).await;
 
     gateway.stop().await;
     payment.stop().await;

@@ -4,7 +4,7 @@
 use ordermesh::roles::Role;
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
 use ordermesh_contracts::audit::{AppendRequest, AuditEvent, ListEventsRequest};
-use ordermesh_platform::certs::{MeshCa, local_dns_names};
+use ordermesh_platform::certs::{MeshCa, PemPair, local_dns_names};
 use ordermesh_platform::identity::{WorkloadId, workloads};
 use ordermesh_tests::mesh::{NAMESPACE, RunningService, TRUST_DOMAIN, TestCerts, http_get};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -73,6 +73,33 @@ async fn allowed_identity_succeeds_and_a_disallowed_one_is_denied() {
     svc.stop().await;
 }
 
+/// A client presenting `cert` fails in the TLS handshake: an error, and not the authorization
+/// layer's PERMISSION_DENIED (which would mean the handshake let it in).
+async fn refused_in_handshake(uri: &str, ca_pem: &[u8], cert: &PemPair, what: &str) {
+    let channel = Endpoint::from_shared(uri.to_string())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+                .domain_name(workloads::AUDIT),
+        )
+        .unwrap()
+        .connect_lazy();
+    let err = AuditServiceClient::new(channel)
+        .append(AppendRequest {
+            events: vec![event(what)],
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok, "{what}");
+    assert_ne!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{what}: must fail in the handshake, not in authz"
+    );
+}
+
 #[tokio::test]
 async fn no_certificate_another_ca_or_an_expired_one_never_reaches_a_handler() {
     let certs = TestCerts::new();
@@ -105,28 +132,7 @@ async fn no_certificate_another_ca_or_an_expired_one_never_reaches_a_handler() {
     let rogue = rogue_ca
         .issue_for_days(&id, &local_dns_names(workloads::PAYMENT), 1)
         .unwrap();
-    let impostor = Endpoint::from_shared(uri)
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca_pem))
-                .identity(Identity::from_pem(rogue.cert_pem, rogue.key_pem))
-                .domain_name(workloads::AUDIT),
-        )
-        .unwrap()
-        .connect_lazy();
-    let err = AuditServiceClient::new(impostor)
-        .append(AppendRequest {
-            events: vec![event("rogue")],
-        })
-        .await
-        .unwrap_err();
-    assert_ne!(err.code(), tonic::Code::Ok);
-    assert_ne!(
-        err.code(),
-        tonic::Code::PermissionDenied,
-        "must fail in the handshake, not in authz"
-    );
+    refused_in_handshake(&uri, &ca_pem, &rogue, "rogue").await;
 
     // A certificate from the mesh CA with an allowed identity that expired yesterday.
     let mesh_ca = MeshCa::from_pem(
@@ -143,28 +149,7 @@ async fn no_certificate_another_ca_or_an_expired_one_never_reaches_a_handler() {
             now - time::Duration::days(1),
         )
         .unwrap();
-    let stale = Endpoint::from_shared(format!("https://{}", svc.grpc_addr))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca_pem))
-                .identity(Identity::from_pem(expired.cert_pem, expired.key_pem))
-                .domain_name(workloads::AUDIT),
-        )
-        .unwrap()
-        .connect_lazy();
-    let err = AuditServiceClient::new(stale)
-        .append(AppendRequest {
-            events: vec![event("expired")],
-        })
-        .await
-        .unwrap_err();
-    assert_ne!(err.code(), tonic::Code::Ok);
-    assert_ne!(
-        err.code(),
-        tonic::Code::PermissionDenied,
-        "an expired certificate fails in the handshake"
-    );
+    refused_in_handshake(&uri, &ca_pem, &expired, "expired").await;
 
     assert_eq!(
         count_events(&certs, &svc).await,

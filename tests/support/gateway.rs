@@ -53,30 +53,12 @@ impl RunningGateway {
 
     /// Logs in through the gateway and returns a client carrying the access token.
     pub async fn login(&self, email: &str, password: &str) -> Api {
-        let res = self
-            .anonymous()
-            .post(
-                "/v1/auth/login",
-                serde_json::json!({"email": email, "password": password}),
-            )
-            .await;
-        assert_eq!(res.status, 200, "login: {}", res.text());
-        self.anonymous()
-            .with_token(res.json()["accessToken"].as_str().expect("accessToken"))
+        self.anonymous().login(email, password).await
     }
 
     /// Registers an account and logs it in.
     pub async fn new_user(&self, email: &str) -> Api {
-        let password = "correct horse battery";
-        let res = self
-            .anonymous()
-            .post(
-                "/v1/users",
-                serde_json::json!({"email": email, "password": password, "displayName": "Test"}),
-            )
-            .await;
-        assert_eq!(res.status, 200, "register: {}", res.text());
-        self.login(email, password).await
+        self.anonymous().new_user(email).await
     }
 
     pub async fn stop(self) {

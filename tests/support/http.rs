@@ -220,6 +220,31 @@ impl Api {
     pub async fn post(&self, path: &str, body: serde_json::Value) -> HttpResponse {
         self.call("POST", path, Some(body)).await
     }
+    /// Logs in and returns a client carrying the access token.
+    pub async fn login(&self, email: &str, password: &str) -> Self {
+        let res = self
+            .post(
+                "/v1/auth/login",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "login: {}", res.text());
+        self.with_token(res.json()["accessToken"].as_str().expect("accessToken"))
+    }
+
+    /// Registers an account (password "correct horse battery") and logs it in.
+    pub async fn new_user(&self, email: &str) -> Self {
+        let password = "correct horse battery";
+        let res = self
+            .post(
+                "/v1/users",
+                serde_json::json!({"email": email, "password": password, "displayName": "Test"}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "register: {}", res.text());
+        self.login(email, password).await
+    }
+
     pub fn with_token(&self, token: &str) -> Self {
         Self {
             addr: self.addr,

@@ -1,7 +1,7 @@
 //! A fault-injecting wrapper around any table, for proving what callers see when storage
 //! fails: a write refused before it is applied, or applied with its answer lost (the
-//! ambiguous outcome of a timeout after commit), and failing reads. Rules are armed and
-//! counted at run time through a shared [`Faults`] handle.
+//! ambiguous outcome of a timeout after commit). Rules are armed and counted at run time
+//! through a shared [`Faults`] handle.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +23,6 @@ pub struct WriteFault {
 #[derive(Debug, Default)]
 struct Rules {
     writes: Vec<WriteFault>,
-    failing_reads: usize,
     injected: usize,
 }
 
@@ -48,11 +47,6 @@ impl Faults {
         self.lock().writes.push(fault);
     }
 
-    /// The next `n` reads (gets and queries) fail.
-    pub fn fail_reads(&self, n: usize) {
-        self.lock().failing_reads += n;
-    }
-
     /// How many failures have been injected so far.
     pub fn injected(&self) -> usize {
         self.lock().injected
@@ -60,9 +54,7 @@ impl Faults {
 
     /// Disarms every rule.
     pub fn clear(&self) {
-        let mut rules = self.lock();
-        rules.writes.clear();
-        rules.failing_reads = 0;
+        self.lock().writes.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Rules> {
@@ -100,16 +92,6 @@ impl Faults {
         rules.writes.retain(|r| r.times > 0);
         verdict
     }
-
-    fn read(&self) -> Result<(), StoreError> {
-        let mut rules = self.lock();
-        if rules.failing_reads > 0 {
-            rules.failing_reads -= 1;
-            rules.injected += 1;
-            return Err(injected());
-        }
-        Ok(())
-    }
 }
 
 fn injected() -> StoreError {
@@ -127,7 +109,6 @@ impl FaultyTable {
     }
 
     pub(super) async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
-        self.faults.read()?;
         self.inner.get(pk, sk).await
     }
 
@@ -143,7 +124,6 @@ impl FaultyTable {
     }
 
     pub(super) async fn query(&self, query: Query, index: bool) -> Result<Page, StoreError> {
-        self.faults.read()?;
         if index {
             self.inner.query_index(query).await
         } else {
