@@ -15,6 +15,6 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         get(|| async { ([(header::CONTENT_TYPE, "application/json")], BODY) }),
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await?;
+    axum::serve(ordermesh_platform::net::http_listener(listener), app).await?;
     Ok(())
 }

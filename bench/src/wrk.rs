@@ -17,10 +17,21 @@ function setup(thread)
 end
 done = function(summary, latency, requests)
   local unconfirmed = 0
+  local failed = {}
   for _, t in ipairs(threads) do
     unconfirmed = unconfirmed + (t:get("unconfirmed") or 0)
+    for status, n in pairs(t:get("failed") or {}) do
+      failed[status] = (failed[status] or 0) + n
+    end
+    local first = t:get("first_failure")
+    if first then io.write("BENCH_FIRST_FAILURE " .. first .. "\n") end
+  end
+  for status, n in pairs(failed) do
+    io.write(string.format("BENCH_FAILED %s %d\n", status, n))
   end
   local e = summary.errors
+  io.write(string.format("BENCH_SOCKET connect=%d read=%d write=%d timeout=%d\n",
+    e.connect, e.read, e.write, e.timeout))
   io.write(string.format(
     "BENCH %d %d %d %d %d %d %d %d\n",
     summary.requests, summary.duration,
@@ -53,9 +64,18 @@ function request()
   local body = '{{"items":[{{"sku":"' .. skus[math.random(#skus)] .. '","quantity":1}}],"currency":"EUR","idempotencyKey":"{run}-' .. tid .. '-' .. counter .. '"}}'
   return wrk.format("POST", "/v1/orders", {{["Authorization"] = "Bearer " .. tokens[math.random(#tokens)], ["Content-Type"] = "application/json"}}, body)
 end
+failed = {{}}
 function response(status, headers, body)
-  if status < 300 and not string.find(body, '"ORDER_STATE_CONFIRMED"', 1, true) then
+  local key = nil
+  if status >= 300 then
+    key = tostring(status)
+    failed[key] = (failed[key] or 0) + 1
+  elseif not string.find(body, '"ORDER_STATE_CONFIRMED"', 1, true) then
     unconfirmed = unconfirmed + 1
+    key = "unconfirmed"
+  end
+  if key and not first_failure then
+    first_failure = status .. " " .. string.gsub(string.sub(body, 1, 400), "\n", " ")
   end
 end
 "#,
@@ -121,6 +141,14 @@ pub fn run(
         .lines()
         .find_map(|l| l.strip_prefix("BENCH "))
         .with_context(|| format!("wrk printed no report: {stdout}"))?;
+    for detail in stdout.lines().filter(|l| {
+        l.starts_with("BENCH_FAILED ")
+            || l.starts_with("BENCH_FIRST_FAILURE ")
+            || (l.starts_with("BENCH_SOCKET ")
+                && !l.ends_with("connect=0 read=0 write=0 timeout=0"))
+    }) {
+        println!("    {detail}");
+    }
     let n: Vec<u64> = line
         .split_whitespace()
         .map(|v| v.parse::<f64>().map(|f| f as u64))

@@ -15,6 +15,7 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use ordermesh_contracts::options::Audience;
 use ordermesh_platform::jwt::AccessClaims;
 use ordermesh_platform::metrics::Metrics;
+use ordermesh_platform::net::http_listener;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::telemetry;
 use ordermesh_platform::user_context::{ROLE_ADMIN, UserContext};
@@ -166,7 +167,7 @@ impl Gateway {
             }
         });
         let result = axum::serve(
-            listener,
+            http_listener(listener),
             self.router()
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )

@@ -11,6 +11,7 @@ pub mod istio_policy;
 pub mod jwt;
 pub mod metrics;
 pub mod money;
+pub mod net;
 pub mod outbox;
 pub mod rpc_layer;
 pub mod server;

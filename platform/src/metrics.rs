@@ -151,7 +151,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics))
+    axum::serve(crate::net::http_listener(listener), router(metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use ordermesh_contracts::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
@@ -148,7 +147,7 @@ impl GrpcServer {
         let grpc = builder
             .layer(layers)
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), drain);
+            .serve_with_incoming_shutdown(crate::net::grpc_incoming(listeners.grpc), drain);
 
         let mut side_tasks = tokio::task::JoinSet::new();
         if let Some(listener) = listeners.health {
@@ -157,7 +156,10 @@ impl GrpcServer {
             side_tasks.spawn(async move {
                 Server::builder()
                     .add_service(health)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.wait())
+                    .serve_with_incoming_shutdown(
+                        crate::net::grpc_incoming(listener),
+                        shutdown.wait(),
+                    )
                     .await
                     .map_err(ServeError::from)
             });
