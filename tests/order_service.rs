@@ -378,6 +378,45 @@ async fn cancel_racing_ship_has_exactly_one_winner() {
     mesh.stop().await;
 }
 
+/// Shoppers racing for one product (and, three at a time, for one wallet) all get their
+/// orders: lost races are retried inside the service, not handed to the client as ABORTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_one_product_confirms_every_order() {
+    const SHOPPERS: usize = 8;
+    const EACH: usize = 4;
+    let mesh = Mesh::start().await;
+    product(&mesh, "HOT", 100, 1_000).await;
+    for s in 0..SHOPPERS {
+        deposit(&mesh, &format!("shopper-{s}"), 10_000).await;
+    }
+    let mut burst = tokio::task::JoinSet::new();
+    for s in 0..SHOPPERS {
+        for n in 0..EACH {
+            let mut orders = mesh.orders();
+            burst.spawn(async move {
+                let user = format!("shopper-{s}");
+                orders
+                    .create_order(as_user(create(&[("HOT", 1)], &format!("burst-{n}")), &user))
+                    .await
+            });
+        }
+    }
+    let mut confirmed = 0;
+    while let Some(placed) = burst.join_next().await {
+        let order = placed.unwrap().expect("no placement fails").into_inner();
+        assert_eq!(state(&order), OrderState::Confirmed, "{order:?}");
+        confirmed += 1;
+    }
+    assert_eq!(confirmed, SHOPPERS * EACH);
+    assert_eq!(stock(&mesh, "HOT").await, 1_000 - (SHOPPERS * EACH) as i64);
+    for s in 0..SHOPPERS {
+        let user = format!("shopper-{s}");
+        assert_eq!(balance(&mesh, &user).await, 10_000 - 100 * EACH as i64);
+        assert_eq!(charges(&mesh, &user).await, EACH);
+    }
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_see_or_touch_anothers_orders() {
     let mesh = Mesh::start().await;

@@ -40,16 +40,6 @@ impl StoreError {
     }
 }
 
-/// The error a read-modify-write loop returns when its attempts ran out: if the store was
-/// unavailable on the last attempt, that (UNAVAILABLE) rather than `contended` (ABORTED), so
-/// a caller is not told to retry a race that was really an outage.
-pub fn exhausted<E: From<StoreError>>(last: Option<StoreError>, contended: E) -> E {
-    match last {
-        Some(e @ StoreError::Unavailable(_)) => e.into(),
-        _ => contended,
-    }
-}
-
 /// The default mapping; services override it for conditions whose meaning they know.
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {

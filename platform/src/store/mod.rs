@@ -7,17 +7,21 @@
 //! is a conditional put on the version read. A batch of writes is atomic: each write's
 //! condition holds and all are applied, or none is.
 
+mod attempts;
 mod cursor;
 pub mod dynamodb;
 pub mod embedded;
 mod error;
 pub mod faults;
+mod key_locks;
 pub mod schema;
 
 use bytes::Bytes;
 
+pub use attempts::Attempts;
 pub use cursor::Cursor;
-pub use error::{StoreError, exhausted};
+pub use error::StoreError;
+pub use key_locks::{KeyLocks, Turns};
 
 /// The largest number of writes in one atomic batch (DynamoDB's transaction limit).
 pub const MAX_BATCH: usize = 100;

@@ -1,11 +1,14 @@
 //! The catalog: products with a price and stock, all in one partition (`catalog`, sorted by
 //! SKU). Stock moves only by versioned writes inside order batches, so it never oversells.
 
+use std::sync::Arc;
+
 use ordermesh_contracts::order::Product;
 use ordermesh_platform::money::{self, money};
 use ordermesh_platform::status::Violations;
 use ordermesh_platform::store::{
-    Condition, Cursor, KeyRange, NewItem, Query, StoreError, Table, Write,
+    Attempts, Condition, Cursor, KeyLocks, KeyRange, NewItem, Query, StoreError, Table, Turns,
+    Write,
 };
 use prost::Message;
 
@@ -83,6 +86,7 @@ pub fn decode_product(bytes: &[u8]) -> Result<Product, CatalogError> {
 #[derive(Clone)]
 pub struct Catalog {
     table: Table,
+    stock_turns: Arc<KeyLocks>,
 }
 
 fn now() -> prost_types::Timestamp {
@@ -91,7 +95,16 @@ fn now() -> prost_types::Timestamp {
 
 impl Catalog {
     pub fn new(table: Table) -> Self {
-        Self { table }
+        Self {
+            table,
+            stock_turns: Arc::new(KeyLocks::default()),
+        }
+    }
+
+    /// Waits for this process's turn to change these products, so concurrent placements of
+    /// a popular product take turns here instead of losing races at the store.
+    pub async fn turn<'k>(&self, skus: impl IntoIterator<Item = &'k str>) -> Turns<'_> {
+        self.stock_turns.lock(skus).await
     }
 
     pub async fn get(&self, sku: &str) -> Result<Option<(Product, u64)>, CatalogError> {
@@ -126,7 +139,9 @@ impl Catalog {
         sku: &str,
         change: impl Fn(&mut Product),
     ) -> Result<Product, CatalogError> {
-        for _ in 0..8 {
+        let mut attempts = Attempts::new(8);
+        while attempts.next().await {
+            let _turn = self.turn([sku]).await;
             let (mut p, version) = self
                 .get(sku)
                 .await?
@@ -142,11 +157,10 @@ impl Catalog {
                 .await
             {
                 Ok(_) => return Ok(p),
-                Err(e) if e.is_condition_failed() => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => attempts.lost(e)?,
             }
         }
-        Err(CatalogError::Store(StoreError::Conflict))
+        Err(attempts.exhausted(CatalogError::Store(StoreError::Conflict)))
     }
 
     pub async fn list(

@@ -21,13 +21,13 @@ use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::money::{MAX_AMOUNT_MINOR, money};
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::shutdown::Shutdown;
-use ordermesh_platform::store::{Condition, NewItem, StoreError, Write, exhausted};
+use ordermesh_platform::store::{Attempts, Condition, NewItem, StoreError, Write};
 use tonic::Code;
 
 use crate::catalog::Catalog;
 use crate::orders::{OrderError, OrderRecord, Orders, PENDING, key_pk, state_name};
 
-const MAX_ATTEMPTS: usize = 8;
+const MAX_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct SagaSettings {
@@ -128,12 +128,16 @@ impl OrderSaga {
         key: &str,
     ) -> Result<Order, OrderError> {
         let mut placed = None;
-        let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
+        let mut attempts = Attempts::new(MAX_ATTEMPTS);
+        while attempts.next().await {
             if let Some(id) = self.orders.by_key(user, key).await? {
                 let (rec, _) = self.orders.get(&id).await?.ok_or(OrderError::NotFound)?;
                 return rec.order.ok_or(OrderError::NotFound);
             }
+            let _turn = self
+                .catalog
+                .turn(lines.iter().map(|l| l.sku.as_str()))
+                .await;
             let mut writes = Vec::new();
             let mut items = Vec::with_capacity(lines.len());
             let mut total: i64 = 0;
@@ -210,12 +214,11 @@ impl OrderSaga {
                     break;
                 }
                 // Key taken by a concurrent twin, or stock moved: look again.
-                Err(e) if e.is_condition_failed() || e.is_retryable() => last = Some(e),
-                Err(e) => return Err(e.into()),
+                Err(e) => attempts.lost(e)?,
             }
         }
         let Some(id) = placed else {
-            return Err(exhausted(last, OrderError::Contended));
+            return Err(attempts.exhausted(OrderError::Contended));
         };
         self.settle_charge(&id).await
     }
@@ -280,8 +283,8 @@ impl OrderSaga {
         actor: &str,
         extra: impl Fn(&mut OrderRecord) -> Vec<Write>,
     ) -> Result<Order, OrderError> {
-        let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
+        let mut attempts = Attempts::new(MAX_ATTEMPTS);
+        while attempts.next().await {
             let (mut rec, version) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
             let current = rec.state();
             if current == to && from.contains(&OrderState::PendingPayment) {
@@ -307,11 +310,10 @@ impl OrderSaga {
                     self.outbox.notify();
                     return Ok(order);
                 }
-                Err(e) if e.is_condition_failed() || e.is_retryable() => last = Some(e),
-                Err(e) => return Err(e.into()),
+                Err(e) => attempts.lost(e)?,
             }
         }
-        Err(exhausted(last, OrderError::Contended))
+        Err(attempts.exhausted(OrderError::Contended))
     }
 
     /// CANCELLED with stock back on the shelf; `refund` marks a refund as owed.
@@ -326,6 +328,10 @@ impl OrderSaga {
         for _ in 0..MAX_ATTEMPTS {
             let (rec, _) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
             let order = rec.order.clone().unwrap_or_default();
+            let _turn = self
+                .catalog
+                .turn(order.items.iter().map(|i| i.sku.as_str()))
+                .await;
             let mut release = Vec::new();
             for item in &order.items {
                 if let Some((p, v)) = self.catalog.get(&item.sku).await? {

@@ -12,18 +12,20 @@
 //! audit event. A retry of the same key finds the marker and gets the first result back; a
 //! lost race re-reads and tries again.
 
+use std::sync::Arc;
+
 use ordermesh_contracts::audit::AuditEvent;
 use ordermesh_contracts::payment::{Payment, PaymentState, Transaction, TransactionKind};
 use ordermesh_platform::money::money;
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::store::{
-    Condition, Cursor, KeyRange, NewItem, Query, StoreError, Table, Write, exhausted,
+    Attempts, Condition, Cursor, KeyLocks, KeyRange, NewItem, Query, StoreError, Table, Write,
 };
 use prost::Message;
 
 use crate::ledger;
 
-const MAX_ATTEMPTS: usize = 16;
+const MAX_ATTEMPTS: u32 = 16;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Balance {
@@ -139,11 +141,17 @@ pub struct Movement {
 pub struct Wallets {
     table: Table,
     outbox: Outbox,
+    /// Movements on one wallet take turns in this process instead of racing at the store.
+    turns: Arc<KeyLocks>,
 }
 
 impl Wallets {
     pub fn new(table: Table, outbox: Outbox) -> Self {
-        Self { table, outbox }
+        Self {
+            table,
+            outbox,
+            turns: Arc::new(KeyLocks::default()),
+        }
     }
 
     pub fn table(&self) -> &Table {
@@ -175,8 +183,8 @@ impl Wallets {
     pub async fn apply(&self, m: Movement) -> Result<MovementRecord, WalletError> {
         let id = ledger::movement_id(m.kind, &m.scope, &m.idempotency_key);
         let marker_pk = format!("move#{id}");
-        let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
+        let mut attempts = Attempts::new(MAX_ATTEMPTS);
+        while attempts.next().await {
             if let Some(item) = self.table.get(&marker_pk, "move").await? {
                 let first: MovementRecord = decode(&item.data)?;
                 return if first.fingerprint == m.fingerprint {
@@ -185,6 +193,7 @@ impl Wallets {
                     Err(WalletError::KeyReused)
                 };
             }
+            let _turn = self.turns.lock([m.user_id.as_str()]).await;
             let (balance, balance_condition) = self.balance(&m.user_id, &m.currency).await?;
             let after = balance + m.delta;
             if after < 0 {
@@ -296,11 +305,10 @@ impl Wallets {
                     return Ok(record);
                 }
                 // Lost a race (same key, or another movement on this wallet or payment): re-read.
-                Err(e) if e.is_condition_failed() || e.is_retryable() => last = Some(e),
-                Err(e) => return Err(e.into()),
+                Err(e) => attempts.lost(e)?,
             }
         }
-        Err(exhausted(last, WalletError::Contended))
+        Err(attempts.exhausted(WalletError::Contended))
     }
 
     fn event(&self, m: &Movement, id: &str, t: &Transaction) -> AuditEvent {
