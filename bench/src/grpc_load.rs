@@ -1,6 +1,7 @@
 //! The project's own load generator for gRPC (no well-kept one fits a typed, mTLS, per-method
 //! identity call): `concurrency` clients, each on its own mTLS connection as the gateway's
-//! workload, calling `GetOrder` back to back for `duration`.
+//! workload, calling `GetOrder` back to back (or pausing `think` after each answer) for
+//! `duration`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,12 @@ pub struct GetOrderLoad {
 }
 
 impl GetOrderLoad {
-    pub async fn run(&self, concurrency: usize, duration: Duration) -> anyhow::Result<Measured> {
+    pub async fn run(
+        &self,
+        concurrency: usize,
+        duration: Duration,
+        think: Option<Duration>,
+    ) -> anyhow::Result<Measured> {
         let factory = ChannelFactory::new(&self.mesh, Arc::new(Metrics::new()))?;
         let mut clients = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
@@ -47,6 +53,9 @@ impl GetOrderLoad {
                     h.record(sent.elapsed().as_micros() as u64)?;
                     if !ok {
                         errors += 1;
+                    }
+                    if let Some(think) = think {
+                        tokio::time::sleep(think).await;
                     }
                 }
                 anyhow::Ok((h, errors))

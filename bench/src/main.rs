@@ -55,6 +55,9 @@ enum Cmd {
         /// Results file; the generated section between its markers is replaced.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
+        /// For the paced runs of (2) and (3): milliseconds each client waits after an answer.
+        #[arg(long, default_value_t = 10)]
+        think_ms: u64,
     },
     /// Soak at a fixed rate, then check the per-user rate limit; results go to RELIABILITY.md.
     Soak {
@@ -140,12 +143,14 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             idle,
             out,
+            think_ms,
         } => {
             let settings = Settings {
                 ordermesh,
                 duration: Duration::from_secs(duration),
                 concurrency,
                 idle,
+                think: Duration::from_millis(think_ms),
             };
             let report = runtime.block_on(run(&settings))?;
             report.write(&out)?;
@@ -160,6 +165,7 @@ struct Settings {
     duration: Duration,
     concurrency: Vec<usize>,
     idle: usize,
+    think: Duration,
 }
 
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -217,16 +223,22 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
         let hello_load = Load::Get {
             url: format!("http://{hello_addr}/"),
             headers: vec![],
+            think: None,
         };
-        let read_load = Load::Get {
+        let read_load = |think| Load::Get {
             url: read_url.clone(),
             headers: vec![auth.clone()],
+            think,
         };
         let mut measure = |id: u8,
                            what: &str,
+                           think: Option<Duration>,
                            f: &mut dyn FnMut(Duration) -> anyhow::Result<Measured>|
          -> anyhow::Result<()> {
-            println!("({id}) {what}, {c} clients");
+            let pacing = think.map_or(String::new(), |t| {
+                format!(", each waiting {} ms after an answer", t.as_millis())
+            });
+            println!("({id}) {what}, {c} clients{pacing}");
             f(WARM_UP)?;
             reset();
             let m = f(settings.duration)?;
@@ -242,24 +254,39 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 id,
                 what: what.into(),
                 concurrency: c,
+                think,
                 measured: m,
                 peak_rss_kib: peaks(),
             });
             Ok(())
         };
-        measure(1, "minimal HTTP server, fixed JSON", &mut |d| {
+        let direct_run = |d, think| {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(direct.run(c, d, think))
+            })
+        };
+        measure(1, "minimal HTTP server, fixed JSON", None, &mut |d| {
             http(&hello_load, d)
         })?;
-        measure(2, "direct gRPC GetOrder over mTLS", &mut |d| {
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(direct.run(c, d))
-            })
+        measure(2, "direct gRPC GetOrder over mTLS", None, &mut |d| {
+            direct_run(d, None)
         })?;
-        measure(3, "gateway GET /v1/orders/{id}", &mut |d| {
-            http(&read_load, d)
+        measure(3, "gateway GET /v1/orders/{id}", None, &mut |d| {
+            http(&read_load(None), d)
+        })?;
+        // The same two reads below saturation: what the hop itself adds, not the queue.
+        let think = Some(settings.think);
+        measure(
+            2,
+            "direct gRPC GetOrder over mTLS, paced",
+            think,
+            &mut |d| direct_run(d, think),
+        )?;
+        measure(3, "gateway GET /v1/orders/{id}, paced", think, &mut |d| {
+            http(&read_load(think), d)
         })?;
         let mut round = 0;
-        measure(4, "gateway POST /v1/orders (placement)", &mut |d| {
+        measure(4, "gateway POST /v1/orders (placement)", None, &mut |d| {
             round += 1;
             let run = format!("c{c}r{round}");
             http(
@@ -291,6 +318,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
         &Load::Get {
             url: read_url.clone(),
             headers: vec![auth.clone()],
+            think: None,
         },
         &dir,
         c,

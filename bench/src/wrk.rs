@@ -88,6 +88,8 @@ pub enum Load<'a> {
     Get {
         url: String,
         headers: Vec<String>,
+        /// Each connection waits this long after an answer before its next request.
+        think: Option<Duration>,
     },
     PlaceOrders {
         base: String,
@@ -105,8 +107,15 @@ pub fn run(
 ) -> anyhow::Result<Measured> {
     let script = work_dir.join("wrk.lua");
     let (url, headers) = match load {
-        Load::Get { url, headers } => {
-            std::fs::write(&script, REPORT)?;
+        Load::Get {
+            url,
+            headers,
+            think,
+        } => {
+            let pacing = think.map_or(String::new(), |t| {
+                format!("\nfunction delay()\n  return {}\nend\n", t.as_millis())
+            });
+            std::fs::write(&script, format!("{REPORT}{pacing}"))?;
             (url.clone(), headers.clone())
         }
         Load::PlaceOrders {
