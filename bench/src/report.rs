@@ -339,3 +339,72 @@ pub fn replace_section(
     std::fs::write(path, text)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u8, think: Option<Duration>, per_second: u64, p99_us: u64) -> Row {
+        Row {
+            id,
+            what: format!("target {id}"),
+            concurrency: 64,
+            think,
+            measured: Measured {
+                requests: per_second * 10,
+                errors: 0,
+                elapsed: Duration::from_secs(10),
+                p50_us: p99_us / 2,
+                p99_us,
+                p999_us: p99_us * 2,
+            },
+            peak_rss_kib: vec![("order-service".into(), 30 * 1024)],
+        }
+    }
+
+    #[test]
+    fn saturated_and_paced_reads_are_judged_separately() {
+        let paced = Some(Duration::from_millis(10));
+        let mut report = Report::new(Duration::from_secs(10), &[64]);
+        report.rows = vec![
+            row(1, None, 100_000, 5_000),
+            row(2, None, 10_000, 8_000),
+            row(3, None, 8_000, 10_500),
+            row(2, paced, 5_000, 2_900),
+            row(3, paced, 5_100, 3_400),
+        ];
+        let targets = report.targets();
+        assert!(
+            targets.contains(
+                "| gateway read ≥ 0.5 × direct gRPC throughput (64 clients) | 0.80 | yes |"
+            ),
+            "{targets}"
+        );
+        assert!(
+            targets.contains("saturated) | +2.50 ms | **no** |"),
+            "{targets}"
+        );
+        assert!(
+            targets.contains("paced below saturation) | +0.50 ms at 5100 req/s | yes |"),
+            "{targets}"
+        );
+        let ratios = report.ratios();
+        assert!(ratios.contains("(3)/(2) = 0.80"), "{ratios}");
+        assert!(
+            ratios.contains(
+                "paced (below saturation): the gateway adds +0.25 ms at p50 and +0.50 ms at p99"
+            ),
+            "{ratios}"
+        );
+    }
+
+    #[test]
+    fn only_the_generated_section_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("B.md");
+        std::fs::write(&path, format!("# T\n\nabove\n{BEGIN}\nold\n{END}\nbelow\n")).unwrap();
+        replace_section(&path, "# T", BEGIN, END, &format!("{BEGIN}\nnew\n{END}\n")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("# T\n\nabove\n{BEGIN}\nnew\n{END}\nbelow\n"));
+    }
+}
