@@ -97,6 +97,7 @@ async fn the_newcomer_journey() {
     let ada = anon.with_token(&token_of(&login));
     let me = ada.get("/v1/users/me").await;
     assert_eq!(me.json()["email"], "ada@example.com");
+    assert_eq!(me.header("content-type"), Some("application/json"));
 
     // Deposit, order, see it confirmed and the wallet debited.
     let dep = ada.post("/v1/wallet/deposits", json!({"amount": {"currency": "EUR", "amountMinor": "5000"}, "idempotencyKey": "dep-1"})).await;

@@ -351,10 +351,20 @@ impl Gateway {
                 .unary(route.rpc, message, &metadata, safe)
                 .await
                 .map_err(|s| Problem::from_status(&s))?;
-            let json =
-                transcode::response(&route.rpc.descriptor.output(), &bytes, &route.response_body)
-                    .map_err(transcode_problem)?;
-            axum::Json(json).into_response()
+            let json = transcode::response_json(
+                &route.rpc.descriptor.output(),
+                &bytes,
+                &route.response_body,
+            )
+            .map_err(transcode_problem)?;
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                json,
+            )
+                .into_response()
         };
         budget_headers(&mut res, &budget);
         Ok(res)

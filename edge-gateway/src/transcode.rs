@@ -227,14 +227,41 @@ fn print_options() -> SerializeOptions {
     SerializeOptions::new().skip_default_fields(false)
 }
 
-/// The JSON of a response message (or of its `response_body` field).
+fn decode_response(
+    desc: &MessageDescriptor,
+    bytes: &[u8],
+) -> Result<DynamicMessage, TranscodeError> {
+    DynamicMessage::decode(desc.clone(), bytes).map_err(|_| TranscodeError::BadResponse)
+}
+
+/// The JSON text of a response message (or of its `response_body` field). A whole message is
+/// written straight from the decoded message, without building a `Value` first: this is the
+/// gateway's per-request path.
+pub fn response_json(
+    desc: &MessageDescriptor,
+    bytes: &[u8],
+    response_body: &str,
+) -> Result<Vec<u8>, TranscodeError> {
+    if !response_body.is_empty() {
+        let value = response(desc, bytes, response_body)?;
+        return serde_json::to_vec(&value).map_err(|_| TranscodeError::BadResponse);
+    }
+    let message = decode_response(desc, bytes)?;
+    let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
+    message
+        .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &print_options())
+        .map_err(|_| TranscodeError::BadResponse)?;
+    Ok(out)
+}
+
+/// The JSON of a response message (or of its `response_body` field), as a value to compose
+/// into a larger answer.
 pub fn response(
     desc: &MessageDescriptor,
     bytes: &[u8],
     response_body: &str,
 ) -> Result<Value, TranscodeError> {
-    let message =
-        DynamicMessage::decode(desc.clone(), bytes).map_err(|_| TranscodeError::BadResponse)?;
+    let message = decode_response(desc, bytes)?;
     let value = message
         .serialize_with_options(serde_json::value::Serializer, &print_options())
         .map_err(|_| TranscodeError::BadResponse)?;
@@ -361,5 +388,19 @@ mod tests {
         assert_eq!(v["total"]["amountMinor"], "1250");
         assert_eq!(v["cancelReason"], "", "zero values are emitted");
         assert_eq!(v["items"], serde_json::json!([]));
+
+        let text = response_json(&desc, &order.encode_to_vec(), "").unwrap();
+        let parsed: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(
+            parsed, v,
+            "the direct writer prints what the value path prints"
+        );
+        let total = response_json(&desc, &order.encode_to_vec(), "total").unwrap();
+        let total: Value = serde_json::from_slice(&total).unwrap();
+        assert_eq!(total, v["total"]);
+        assert!(matches!(
+            response_json(&desc, b"\xff\xff\xff", ""),
+            Err(TranscodeError::BadResponse)
+        ));
     }
 }
