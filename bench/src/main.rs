@@ -9,6 +9,7 @@ mod idle;
 mod measure;
 mod processes;
 mod report;
+mod rounds;
 mod soak;
 mod wrk;
 
@@ -27,6 +28,7 @@ use crate::idle::IdleConnections;
 use crate::measure::Measured;
 use crate::processes::{Mesh, Proc, free_addr};
 use crate::report::{IdleResult, Report, Row};
+use crate::rounds::HopRounds;
 use crate::wrk::Load;
 
 #[derive(Parser)]
@@ -58,6 +60,13 @@ enum Cmd {
         /// For the paced runs of (2) and (3): milliseconds each client waits after an answer.
         #[arg(long, default_value_t = 10)]
         think_ms: u64,
+        /// Interleaved rounds of (2) and (3), back to back and paced, whose median difference
+        /// is the hop's cost.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Seconds of load per run within a round.
+        #[arg(long, default_value_t = 3)]
+        round_secs: u64,
     },
     /// Soak at a fixed rate, then check the per-user rate limit; results go to RELIABILITY.md.
     Soak {
@@ -144,6 +153,8 @@ fn main() -> anyhow::Result<()> {
             idle,
             out,
             think_ms,
+            rounds,
+            round_secs,
         } => {
             let settings = Settings {
                 ordermesh,
@@ -151,6 +162,8 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 idle,
                 think: Duration::from_millis(think_ms),
+                rounds,
+                round: Duration::from_secs(round_secs),
             };
             let report = runtime.block_on(run(&settings))?;
             report.write(&out)?;
@@ -166,6 +179,8 @@ struct Settings {
     concurrency: Vec<usize>,
     idle: usize,
     think: Duration,
+    rounds: usize,
+    round: Duration,
 }
 
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -208,6 +223,8 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let auth = format!("Authorization: Bearer {}", fixture.tokens[0]);
 
     let mut report = Report::new(settings.duration, &settings.concurrency);
+    report.round = settings.round;
+    let mut hop_rounds = Vec::new();
     let all: Vec<&Proc> = std::iter::once(&hello)
         .chain(mesh.processes.iter())
         .collect();
@@ -285,6 +302,41 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
         measure(3, "gateway GET /v1/orders/{id}, paced", think, &mut |d| {
             http(&read_load(think), d)
         })?;
+        for think in [None, Some(settings.think)] {
+            let pacing = think.map_or("back to back".to_string(), |t| {
+                format!("paced, {} ms after an answer", t.as_millis())
+            });
+            println!(
+                "(2)/(3) {} interleaved rounds of {} s, {c} clients, {pacing}",
+                settings.rounds,
+                settings.round.as_secs()
+            );
+            let rounds = rounds::interleave(
+                settings.rounds,
+                &mut || direct_run(settings.round, think),
+                &mut || http(&read_load(think), settings.round),
+            )?;
+            let hop = HopRounds {
+                concurrency: c,
+                think,
+                rounds,
+            };
+            for (i, r) in hop.rounds.iter().enumerate() {
+                println!(
+                    "    round {}: direct {:.0} req/s p99 {} µs, gateway {:.0} req/s p99 {} µs, added p99 {:+.2} ms",
+                    i + 1,
+                    r.direct.per_second(),
+                    r.direct.p99_us,
+                    r.gateway.per_second(),
+                    r.gateway.p99_us,
+                    r.added_p99_ms()
+                );
+            }
+            if let Some(added) = hop.median_added_p99_ms() {
+                println!("    median added p99 {added:+.2} ms");
+            }
+            hop_rounds.push(hop);
+        }
         let mut round = 0;
         measure(4, "gateway POST /v1/orders (placement)", None, &mut |d| {
             round += 1;
@@ -301,6 +353,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
         })?;
     }
 
+    report.hop_rounds = hop_rounds;
     println!(
         "(5) gateway holding {} idle keep-alive connections",
         settings.idle
