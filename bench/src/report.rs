@@ -320,7 +320,7 @@ impl Report {
                 (hop.median_added_p99_ms(), hop.median_gateway_per_second())
             {
                 line(
-                    "gateway adds ≤ 1 ms at p99 (64 clients at equal load below saturation; median of interleaved rounds)",
+                    "gateway adds ≤ 1 ms at p99 (64 clients paced below saturation; median of interleaved rounds)",
                     format!(
                         "{added:+.2} ms at {rate:.0} req/s, median of {} rounds",
                         hop.rounds.len()
