@@ -74,6 +74,10 @@ VARIANTS = {
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
         "telemetry": {"otlpEndpoint": "", "resourceAttributes": "deployment.environment=test"},
         "defaults": {"preStopSleepSeconds": 0},
+        "gateway": {"deadlineMs": 2500, "bodyLimitBytes": 65536,
+                    "corsOrigins": ["https://shop.example", "http://localhost:3000"],
+                    "rateLimit": {"perMinute": 1200, "burst": 40},
+                    "accountRateLimit": {"perMinute": 20, "burst": 5}},
     },
 }
 
@@ -448,6 +452,20 @@ def check_environment(r: Rendered) -> list[str]:
             expect["ORDERMESH_DYNAMODB_TABLE_PREFIX"] = r.values["store"]["dynamodb"]["tablePrefix"]
         else:
             expect["ORDERMESH_DATA_DIR"] = r.values["store"]["embedded"]["dataDir"]
+        gw = r.values["gateway"]
+        edge = {
+            "ORDERMESH_GATEWAY_DEADLINE_MS": str(gw["deadlineMs"]),
+            "ORDERMESH_BODY_LIMIT_BYTES": str(gw["bodyLimitBytes"]),
+            "ORDERMESH_CORS_ORIGINS": ",".join(gw["corsOrigins"]),
+            "ORDERMESH_RATE_LIMIT_PER_MINUTE": str(gw["rateLimit"]["perMinute"]),
+            "ORDERMESH_RATE_LIMIT_BURST": str(gw["rateLimit"]["burst"]),
+            "ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE": str(gw["accountRateLimit"]["perMinute"]),
+            "ORDERMESH_ACCOUNT_RATE_LIMIT_BURST": str(gw["accountRateLimit"]["burst"]),
+        }
+        if role == "gateway":
+            expect.update(edge)
+        else:
+            problems += [f"{workload}: {var} is the gateway's alone" for var in edge if var in env]
         for var, want in expect.items():
             if env.get(var) != want:
                 problems.append(f"{workload}: {var}={env.get(var)!r}, want {want!r}")
@@ -900,6 +918,8 @@ def main() -> int:
             "defaults.autoscaling.enable": {"defaults": {"autoscaling": {"enable": False}}},
             "imagee": {"imagee": {"tag": "1"}},
             "jwt.issuerr": {"jwt": {"issuerr": "x"}},
+            "gateway.rateLimit.perMinute=0": {"gateway": {"rateLimit": {"perMinute": 0, "burst": 1}}},
+            "gateway.corsOrigins=[shop.example]": {"gateway": {"corsOrigins": ["shop.example"]}},
         }
         problems = []
         for label, bad in typos.items():
