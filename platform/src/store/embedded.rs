@@ -6,11 +6,16 @@
 //! conditions are checked against the state left by the requests before it in the group, and
 //! its writes are applied only if all of them hold, so a request is all-or-nothing while a
 //! whole group shares one fsync.
+//!
+//! Expired items are invisible at once and removed later, as DynamoDB's TTL does: between
+//! groups the writer thread sweeps a bounded stretch of the table, resuming where the last
+//! sweep stopped, so refresh sessions and other expiring records do not pile up on disk.
 
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -30,6 +35,10 @@ const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("items");
 const GSI1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gsi1");
 /// Most requests folded into one commit.
 const MAX_GROUP: usize = 256;
+/// How often the writer sweeps for expired items, and how many entries one sweep examines
+/// (a short write transaction, so requests queued behind it wait little).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+const SWEEP_BUDGET: usize = 2_000;
 const SEP: u8 = 0;
 /// Greater than any byte of a UTF-8 string, so `prefix + HIGH` bounds every key with `prefix`.
 const HIGH: u8 = 0xff;
@@ -107,6 +116,14 @@ impl Drop for Writer {
 impl EmbeddedTable {
     /// Opens (creating if needed) `<dir>/<name>.redb`.
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
+        Self::open_sweeping_every(dir, name, SWEEP_EVERY)
+    }
+
+    fn open_sweeping_every(
+        dir: &Path,
+        name: &str,
+        sweep_every: Duration,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join(format!("{name}.redb"));
         let db = redb::Builder::new()
@@ -122,7 +139,7 @@ impl EmbeddedTable {
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name(format!("store-writer-{name}"))
-            .spawn(move || writer_loop(&writer_db, &rx))
+            .spawn(move || writer_loop(&writer_db, &rx, sweep_every))
             .map_err(backend)?;
         Ok(Self {
             db,
@@ -310,8 +327,27 @@ fn bounds(q: &Query, on_index: bool) -> Result<KeyBounds, StoreError> {
     Ok((lo, hi))
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<WriteRequest>) {
-    while let Ok(first) = rx.recv() {
+fn writer_loop(db: &Database, rx: &mpsc::Receiver<WriteRequest>, sweep_every: Duration) {
+    let mut sweep_from: Option<Vec<u8>> = None;
+    let mut last_sweep = Instant::now();
+    loop {
+        if last_sweep.elapsed() >= sweep_every {
+            last_sweep = Instant::now();
+            match sweep_expired(db, sweep_from.take(), now_unix(), SWEEP_BUDGET) {
+                Ok(swept) => {
+                    if swept.removed > 0 {
+                        tracing::debug!(removed = swept.removed, "expired items removed");
+                    }
+                    sweep_from = swept.resume_at;
+                }
+                Err(e) => tracing::warn!(error = %e, "sweep of expired items failed"),
+            }
+        }
+        let first = match rx.recv_timeout(sweep_every.saturating_sub(last_sweep.elapsed())) {
+            Ok(req) => req,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -352,6 +388,63 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<WriteRequest>) {
 }
 
 type RedbTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+#[derive(Debug, PartialEq, Eq)]
+struct Swept {
+    removed: usize,
+    /// Where the next sweep starts; `None` once the end of the table was reached.
+    resume_at: Option<Vec<u8>>,
+}
+
+/// Removes items (and their index entries) that expired before `now`, examining at most
+/// `budget` entries from `from` on, in one write transaction of their own.
+fn sweep_expired(
+    db: &Database,
+    from: Option<Vec<u8>>,
+    now: i64,
+    budget: usize,
+) -> Result<Swept, StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    let swept = {
+        let mut items = txn.open_table(ITEMS).map_err(backend)?;
+        let mut gsi = txn.open_table(GSI1).map_err(backend)?;
+        let mut expired = Vec::new();
+        let mut resume_at = None;
+        let start = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
+        for (examined, entry) in items
+            .range::<&[u8]>((start, Bound::Unbounded))
+            .map_err(backend)?
+            .enumerate()
+        {
+            let (key, value) = entry.map_err(backend)?;
+            if examined == budget {
+                resume_at = Some(key.value().to_vec());
+                break;
+            }
+            let stored = decode(value.value())?;
+            if !is_live(stored.expires_at, now) {
+                expired.push((key.value().to_vec(), stored));
+            }
+        }
+        for (key, stored) in &expired {
+            items.remove(key.as_slice()).map_err(backend)?;
+            if let (Some(ipk), Some(isk)) = (&stored.ipk, &stored.isk) {
+                let parts = split(key)?;
+                let [pk, sk] = parts.as_slice() else {
+                    return Err(StoreError::Corrupt("bad item key".into()));
+                };
+                gsi.remove(join(&[ipk, isk, pk, sk]).as_slice())
+                    .map_err(backend)?;
+            }
+        }
+        Swept {
+            removed: expired.len(),
+            resume_at,
+        }
+    };
+    txn.commit().map_err(backend)?;
+    Ok(swept)
+}
 
 /// Checks every condition, then applies every write; on a failed condition nothing changes.
 fn apply(
@@ -428,12 +521,124 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewItem;
+    use redb::ReadableTableMetadata;
 
     #[test]
     fn keys_order_by_partition_then_sort_key() {
         assert!(join(&["a", "z"]) < join(&["ab", ""]));
         assert!(join(&["a", "b"]) < join(&["a", "ba"]));
         assert_eq!(split(&join(&["p", "s"])).unwrap(), vec!["p", "s"]);
+    }
+
+    fn raw_len(table: &EmbeddedTable, def: TableDefinition<&[u8], &[u8]>) -> u64 {
+        let txn = table.db.begin_read().unwrap();
+        txn.open_table(def).unwrap().len().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sweep_removes_expired_items_and_their_index_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = EmbeddedTable::open(dir.path(), "sessions").unwrap();
+        let writes = vec![
+            Write::put(
+                NewItem::new("u1", "s1", "a")
+                    .with_index("by-user", "u1")
+                    .expiring_at(1_000),
+                Condition::None,
+            ),
+            Write::put(
+                NewItem::new("u1", "s2", "b").expiring_at(5_000),
+                Condition::None,
+            ),
+            Write::put(
+                NewItem::new("u2", "s1", "c").with_index("by-user", "u2"),
+                Condition::None,
+            ),
+        ];
+        table.write(writes).await.unwrap();
+        assert_eq!(raw_len(&table, ITEMS), 3);
+        assert_eq!(raw_len(&table, GSI1), 2);
+
+        let swept = sweep_expired(&table.db, None, 2_000, 100).unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                removed: 1,
+                resume_at: None
+            }
+        );
+        assert_eq!(raw_len(&table, ITEMS), 2);
+        assert_eq!(
+            raw_len(&table, GSI1),
+            1,
+            "the expired item's index entry goes too"
+        );
+        let txn = table.db.begin_read().unwrap();
+        let items = txn.open_table(ITEMS).unwrap();
+        assert!(items.get(join(&["u1", "s2"]).as_slice()).unwrap().is_some());
+        assert!(items.get(join(&["u2", "s1"]).as_slice()).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_writer_sweeps_on_its_own_while_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let table =
+            EmbeddedTable::open_sweeping_every(dir.path(), "sessions", Duration::from_millis(20))
+                .unwrap();
+        let past = now_unix() - 1;
+        table
+            .write(vec![
+                Write::put(
+                    NewItem::new("u", "old", "x").expiring_at(past),
+                    Condition::None,
+                ),
+                Write::put(NewItem::new("u", "kept", "y"), Condition::None),
+            ])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while raw_len(&table, ITEMS) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the expired item was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(table.get("u", "kept").await.unwrap().unwrap().data, "y");
+    }
+
+    #[tokio::test]
+    async fn sweeps_examine_a_bounded_stretch_and_resume_where_they_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = EmbeddedTable::open(dir.path(), "sessions").unwrap();
+        let writes = (0..5)
+            .map(|i| {
+                Write::put(
+                    NewItem::new("p", format!("{i}"), "x").expiring_at(10),
+                    Condition::None,
+                )
+            })
+            .collect();
+        table.write(writes).await.unwrap();
+
+        let first = sweep_expired(&table.db, None, 100, 2).unwrap();
+        assert_eq!(first.removed, 2);
+        assert_eq!(first.resume_at, Some(join(&["p", "2"])));
+        let second = sweep_expired(&table.db, first.resume_at, 100, 2).unwrap();
+        assert_eq!(second.removed, 2);
+        let third = sweep_expired(&table.db, second.resume_at, 100, 2).unwrap();
+        assert_eq!((third.removed, third.resume_at), (1, None));
+        assert_eq!(raw_len(&table, ITEMS), 0);
+        // Writes still go through the writer after sweeps.
+        let versions = table
+            .write(vec![Write::put(
+                NewItem::new("p", "0", "y"),
+                Condition::NotExists,
+            )])
+            .await
+            .unwrap();
+        assert_eq!(versions, vec![1]);
     }
 
     #[test]
