@@ -303,9 +303,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
             http(&read_load(think), d)
         })?;
         for think in [None, Some(settings.think)] {
-            let pacing = think.map_or("back to back".to_string(), |t| {
-                format!("paced, {} ms after an answer", t.as_millis())
-            });
+            let pacing = rounds::load_label(think);
             println!(
                 "(2)/(3) {} interleaved rounds of {} s, {c} clients, {pacing}",
                 settings.rounds,

@@ -232,9 +232,7 @@ impl Report {
         let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---|");
         let fmt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".into(), f);
         for h in &self.hop_rounds {
-            let load = h.think.map_or("back to back".to_string(), |t| {
-                format!("paced, {} ms after an answer", t.as_millis())
-            });
+            let load = crate::rounds::load_label(h.think);
             let per_round = h
                 .rounds
                 .iter()

@@ -24,6 +24,13 @@ impl Round {
     }
 }
 
+/// How a run's clients send: back to back, or pausing `think` after each answer.
+pub fn load_label(think: Option<Duration>) -> String {
+    think.map_or("back to back".to_string(), |t| {
+        format!("paced, {} ms after an answer", t.as_millis())
+    })
+}
+
 /// The rounds at one concurrency, back to back (`think: None`) or paced.
 #[derive(Debug, Clone)]
 pub struct HopRounds {
