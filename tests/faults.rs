@@ -202,6 +202,7 @@ async fn settled(certs: &TestCerts, order: SocketAddr, user: &str, name: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_events() {
+    let binary = ordermesh_tests::ordermesh_binary!();
     let certs = TestCerts::new();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -217,6 +218,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
         ..no_upstreams()
     };
     let payment = ServiceProcess::start(
+        &binary,
         Role::Payment,
         &certs,
         dirs[1].path(),
@@ -270,6 +272,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
     audit.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let payment = ServiceProcess::start(
+        &binary,
         Role::Payment,
         &certs,
         dirs[1].path(),

@@ -10,20 +10,35 @@ use ordermesh::roles::{Role, Upstreams};
 
 use crate::mesh::TestCerts;
 
-/// The `ordermesh` binary cargo built next to this test (`cargo test --workspace` builds it).
-pub fn ordermesh_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("ordermesh"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+/// The `ordermesh` binary built from the code under test: this package's
+/// `ordermesh-under-test` target, which `cargo test` builds before the tests that name it.
+/// A macro because cargo tells only the integration test being compiled where it is.
+#[macro_export]
+macro_rules! ordermesh_binary {
+    () => {
+        $crate::process::OrdermeshBinary::at(env!("CARGO_BIN_EXE_ordermesh-under-test"))
+    };
+}
+
+/// Where the `ordermesh` binary under test is (see [`ordermesh_binary!`]).
+#[derive(Clone, Debug)]
+pub struct OrdermeshBinary(PathBuf);
+
+impl OrdermeshBinary {
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        assert!(
+            path.exists(),
+            "{} is missing: build it with `cargo test -p ordermesh-tests` (or `cargo test --workspace`), \
+             which builds the `ordermesh-under-test` binary before running the tests",
+            path.display()
+        );
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 pub struct ServiceProcess {
@@ -35,6 +50,7 @@ impl ServiceProcess {
     /// Starts `role` on `grpc_addr` with an embedded store in `data_dir`, and waits (bounded)
     /// until it accepts connections.
     pub async fn start(
+        binary: &OrdermeshBinary,
         role: Role,
         certs: &TestCerts,
         data_dir: &Path,
@@ -44,7 +60,7 @@ impl ServiceProcess {
         let files = certs.files(role.workload());
         let log = std::fs::File::create(data_dir.join(format!("{}.log", role.workload())))
             .expect("log file");
-        let child = Command::new(ordermesh_binary())
+        let child = Command::new(binary.path())
             .arg("serve")
             .arg(role.short_name())
             .env("RUST_LOG", "warn")
