@@ -496,8 +496,15 @@ async fn every_mistake_gets_its_documented_answer() {
         json!([{"bearer": []}])
     );
 
-    // Metrics use route templates, not raw paths.
-    let metrics = anon.get("/metrics").await.text();
+    // Metrics are on the admin listener only, and use route templates, not raw paths.
+    assert_eq!(
+        anon.get("/metrics").await.status,
+        404,
+        "no metrics on the public port"
+    );
+    let metrics = request(mesh.gateway_admin, "GET", "/metrics", &[], b"")
+        .await
+        .text();
     assert!(
         metrics.contains(r#"method="GET",route="/v1/{name=users/*}",status="200""#),
         "{metrics}"

@@ -100,6 +100,16 @@ impl Verifier {
         Ok(token.trim())
     }
 
+    /// Whether signing keys are at hand: loaded now, or fetched (once) if they never were.
+    /// Keys fetched earlier stay usable while user-service is away.
+    pub async fn keys_ready(&self) -> bool {
+        if !self.keys.read().await.by_kid.is_empty() {
+            return true;
+        }
+        let _ = self.refresh(false).await;
+        !self.keys.read().await.by_kid.is_empty()
+    }
+
     async fn refresh(&self, force: bool) -> Result<(), AuthError> {
         let mut keys = self.keys.write().await;
         let fresh = keys.fetched.is_some_and(|t| t.elapsed() < MIN_REFRESH);

@@ -3,13 +3,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ordermesh_platform::config::{ConfigError, env_or};
+use ordermesh_platform::config::{ConfigError, env_opt, env_or};
 
+use crate::client_addr::TrustedProxies;
 use crate::limits::Limit;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub http_addr: SocketAddr,
+    /// Where the admin endpoints (metrics, backend health) listen, if anywhere.
+    pub admin_addr: Option<SocketAddr>,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
     /// Deadline of each backend call.
     pub deadline: Duration,
     /// Largest request body accepted.
@@ -26,6 +31,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_addr: None,
+            trusted_proxies: TrustedProxies::default(),
             deadline: Duration::from_secs(5),
             body_limit: 1024 * 1024,
             cors_origins: Vec::new(),
@@ -47,12 +54,25 @@ impl GatewayConfig {
     /// `ORDERMESH_HTTP_ADDR`, `ORDERMESH_GATEWAY_DEADLINE_MS`, `ORDERMESH_BODY_LIMIT_BYTES`,
     /// `ORDERMESH_CORS_ORIGINS` (comma-separated), `ORDERMESH_RATE_LIMIT_PER_MINUTE`,
     /// `ORDERMESH_RATE_LIMIT_BURST`, `ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE`,
-    /// `ORDERMESH_ACCOUNT_RATE_LIMIT_BURST`, `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`.
+    /// `ORDERMESH_ACCOUNT_RATE_LIMIT_BURST`, `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`,
+    /// `ORDERMESH_ADMIN_ADDR`, `ORDERMESH_TRUSTED_PROXIES` (comma-separated addresses or
+    /// CIDRs), `ORDERMESH_TRUSTED_HOPS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let origins: String = env_or("ORDERMESH_CORS_ORIGINS", String::new())?;
+        let proxies: String = env_or("ORDERMESH_TRUSTED_PROXIES", String::new())?;
+        let cidrs = TrustedProxies::parse_cidrs(&proxies).map_err(|e| ConfigError::Invalid {
+            var: "ORDERMESH_TRUSTED_PROXIES".into(),
+            value: proxies.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             http_addr: env_or("ORDERMESH_HTTP_ADDR", d.http_addr)?,
+            admin_addr: env_opt("ORDERMESH_ADMIN_ADDR")?,
+            trusted_proxies: TrustedProxies {
+                cidrs,
+                hops: env_or("ORDERMESH_TRUSTED_HOPS", 0usize)?,
+            },
             deadline: Duration::from_millis(env_or("ORDERMESH_GATEWAY_DEADLINE_MS", 5000u64)?),
             body_limit: env_or("ORDERMESH_BODY_LIMIT_BYTES", d.body_limit)?,
             cors_origins: origins

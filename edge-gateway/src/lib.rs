@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod backends;
+pub mod client_addr;
 pub mod codec;
 pub mod config;
 pub mod limits;

@@ -137,7 +137,6 @@ impl Gateway {
                 axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
             )
             .route("/readyz", axum::routing::get(readyz))
-            .route("/metrics", axum::routing::get(metrics_text))
             .route("/openapi.json", axum::routing::get(openapi_json))
             .fallback(handle)
             .with_state(self)
@@ -146,14 +145,51 @@ impl Gateway {
             .layer(tower_http::compression::CompressionLayer::new().gzip(true))
     }
 
-    /// Serves on `listener` until `shutdown`, draining open requests.
+    /// The admin application: Prometheus metrics and each backend's state. Never exposed
+    /// publicly (the chart keeps its port off the public Service).
+    pub fn admin_router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/metrics", axum::routing::get(metrics_text))
+            .route("/health/backends", axum::routing::get(backends_health))
+            .with_state(self)
+    }
+
+    /// Serves the public API on `listener` until `shutdown`, draining open requests.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: Shutdown,
     ) -> std::io::Result<()> {
+        self.serve_with_admin(listener, None, shutdown).await
+    }
+
+    /// Serves the public API on `listener` and, when given, the admin endpoints on `admin`,
+    /// until `shutdown`.
+    pub async fn serve_with_admin(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        shutdown: Shutdown,
+    ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, routes = self.routes.len(), "edge gateway listening");
+        let admin_task = match admin {
+            Some(admin) => {
+                tracing::info!(addr = %admin.local_addr()?, "edge gateway admin endpoints listening");
+                let app = self.clone().admin_router();
+                let shutdown = shutdown.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(http_listener(admin), app)
+                        .with_graceful_shutdown(shutdown.wait())
+                        .await
+                }))
+            }
+            None => None,
+        };
         let gw = self.clone();
         let sweeper = tokio::spawn({
             let shutdown = shutdown.clone();
@@ -174,6 +210,12 @@ impl Gateway {
         .with_graceful_shutdown(shutdown.wait())
         .await;
         sweeper.abort();
+        if let Some(admin) = admin_task {
+            shutdown.trigger();
+            if let Ok(Err(e)) = admin.await {
+                tracing::warn!(error = %e, "admin endpoints ended with an error");
+            }
+        }
         result
     }
 
@@ -300,7 +342,10 @@ impl Gateway {
         let class = Self::route_class(route);
         let key = match (&claims, class) {
             (Some(c), RouteClass::Default) => format!("user:{}", c.sub),
-            _ => format!("ip:{}", peer.ip()),
+            _ => format!(
+                "ip:{}",
+                self.config.trusted_proxies.client_ip(peer, &parts.headers)
+            ),
         };
         let budget = self.limit(class, &key)?;
 
@@ -600,8 +645,29 @@ async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-/// Ready when every backend answers its gRPC health check.
+/// Ready when the gateway itself can serve: it is listening (this answer proves it), its
+/// routes are built (they are before it listens), and it has the signing keys to check tokens
+/// (loaded, or cached from an earlier fetch). A backend that is down is not a reason: its own
+/// routes answer 503 and the admin port shows it, while every other route keeps working.
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    let keys = tokio::time::timeout(Duration::from_secs(2), gw.verifier.keys_ready())
+        .await
+        .unwrap_or(false);
+    let body = serde_json::json!({
+        "status": if keys { "ready" } else { "not ready" },
+        "routes": gw.routes.len(),
+        "signingKeys": if keys { "loaded" } else { "unavailable" },
+    });
+    let status = if keys {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Each backend's state, for operators: its gRPC health check and its circuit breaker.
+async fn backends_health(State(gw): State<Arc<Gateway>>) -> Response {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let checks = gw.backends.all().map(|b| async move {
@@ -609,22 +675,26 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
             service: String::new(),
         });
         req.set_timeout(Duration::from_secs(1));
-        let ok = HealthClient::new(b.channel.clone())
-            .check(req)
-            .await
-            .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
-        (b.workload, ok)
+        let check = tokio::time::timeout(
+            Duration::from_secs(2),
+            HealthClient::new(b.channel.clone()).check(req),
+        )
+        .await;
+        let serving =
+            matches!(&check, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32);
+        (
+            b.workload,
+            serde_json::json!({
+                "status": if serving { "serving" } else { "unavailable" },
+                "circuit": if b.breaker.is_open() { "open" } else { "closed" },
+            }),
+        )
     });
     let results = futures::future::join_all(checks).await;
-    let all_ok = results.iter().all(|(_, ok)| *ok);
+    let all_ok = results.iter().all(|(_, v)| v["status"] == "serving");
     let body = serde_json::json!({
-        "status": if all_ok { "ready" } else { "not ready" },
-        "backends": results.iter().map(|(w, ok)| (w.to_string(), serde_json::json!(if *ok { "serving" } else { "unavailable" }))).collect::<serde_json::Map<_, _>>(),
+        "status": if all_ok { "serving" } else { "degraded" },
+        "backends": results.into_iter().map(|(w, v)| (w.to_string(), v)).collect::<serde_json::Map<_, _>>(),
     });
-    let status = if all_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
+    (StatusCode::OK, axum::Json(body)).into_response()
 }

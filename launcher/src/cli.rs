@@ -223,8 +223,12 @@ async fn serve(role: Role) -> anyhow::Result<()> {
             let config = ordermesh_edge_gateway::GatewayConfig::from_env()?;
             let upstreams = crate::roles::Upstreams::from_env()?;
             let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+            let admin = match config.admin_addr {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+                None => None,
+            };
             let gateway = crate::roles::build_gateway(&mesh, config, &upstreams)?;
-            Ok(gateway.serve(listener, shutdown).await?)
+            Ok(gateway.serve_with_admin(listener, admin, shutdown).await?)
         }
         .await
     } else {

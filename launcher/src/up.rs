@@ -66,6 +66,8 @@ async fn free_addr(preferred: u16) -> SocketAddr {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MeshInfo {
     pub gateway: String,
+    /// The gateway's admin endpoints (`/metrics`, `/health/backends`).
+    pub gateway_admin: String,
     pub services: std::collections::BTreeMap<String, String>,
     pub tls: TlsInfo,
 }
@@ -197,6 +199,7 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
     ordermesh_user_service::SigningKeys::load_or_create(&signing_key).map_err(RoleError::Keys)?;
     let mut info = MeshInfo {
         gateway: String::new(),
+        gateway_admin: String::new(),
         services: Default::default(),
         tls: {
             let op = cert_dir.files_for(workloads::OPERATOR);
@@ -276,8 +279,13 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         mtls_mode: MtlsMode::Builtin,
         tls: Some(cert_dir.files_for(workloads::GATEWAY)),
     };
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io(&options.data_dir))?;
+    let admin_addr = admin_listener.local_addr().map_err(io(&options.data_dir))?;
     let gateway_config = ordermesh_edge_gateway::GatewayConfig {
         http_addr: gateway_addr,
+        admin_addr: Some(admin_addr),
         ..Default::default()
     };
     let gateway = crate::roles::build_gateway(&gateway_mesh, gateway_config, &upstreams)?;
@@ -285,13 +293,17 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             gateway
-                .serve(gateway_listener, shutdown)
+                .serve_with_admin(gateway_listener, Some(admin_listener), shutdown)
                 .await
                 .map_err(RoleError::Io)
         });
     }
     info.gateway = format!("http://{gateway_addr}");
-    println!("{:<16} http://{gateway_addr}", workloads::GATEWAY);
+    info.gateway_admin = format!("http://{admin_addr}");
+    println!(
+        "{:<16} http://{gateway_addr}  admin http://{admin_addr}/metrics",
+        workloads::GATEWAY
+    );
 
     let mesh_json = options.data_dir.join("mesh.json");
     let text = serde_json::to_string_pretty(&info).unwrap_or_default();

@@ -18,6 +18,8 @@ pub const ADMIN_PASSWORD: &str = "a long admin secret";
 
 pub struct RunningGateway {
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/health/backends`.
+    pub admin_addr: SocketAddr,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -29,18 +31,32 @@ impl RunningGateway {
             .await
             .expect("bind gateway");
         let addr = listener.local_addr().expect("gateway address");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway admin");
+        let admin_addr = admin.local_addr().expect("gateway admin address");
         let config = GatewayConfig {
             http_addr: addr,
+            admin_addr: Some(admin_addr),
             ..config
         };
         let gateway = build_gateway(&certs.mesh_config(workloads::GATEWAY), config, upstreams)
             .expect("build gateway");
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(gateway.serve(listener, shutdown.clone()));
+        let task = tokio::spawn(gateway.serve_with_admin(listener, Some(admin), shutdown.clone()));
         Self {
             addr,
+            admin_addr,
             shutdown,
             task,
+        }
+    }
+
+    /// A client of the admin listener.
+    pub fn admin_port(&self) -> Api {
+        Api {
+            addr: self.admin_addr,
+            token: None,
         }
     }
 

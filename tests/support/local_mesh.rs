@@ -9,6 +9,8 @@ use ordermesh_platform::shutdown::Shutdown;
 
 pub struct LocalMesh {
     pub gateway: SocketAddr,
+    /// The gateway's admin listener (`/metrics`, `/health/backends`).
+    pub gateway_admin: SocketAddr,
     pub data_dir: PathBuf,
     pub mesh_json: serde_json::Value,
     pub admin: (String, String),
@@ -51,23 +53,31 @@ impl LocalMesh {
             .and_then(|g| g.strip_prefix("http://"))
             .and_then(|a| a.parse().ok())
             .expect("mesh.json names the gateway");
+        let gateway_admin: SocketAddr = mesh_json["gateway_admin"]
+            .as_str()
+            .and_then(|g| g.strip_prefix("http://"))
+            .and_then(|a| a.parse().ok())
+            .expect("mesh.json names the gateway's admin endpoints");
         let admin: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(data_dir.join("admin.json")).expect("admin.json"),
         )
         .unwrap();
-        // Ready when every backend answers health checks through the gateway.
+        // Ready when the gateway is, and every backend answers health checks through it.
         for _ in 0..100 {
-            if crate::http::request(gateway, "GET", "/readyz", &[], b"")
+            let ready = crate::http::request(gateway, "GET", "/readyz", &[], b"")
                 .await
                 .status
-                == 200
-            {
+                == 200;
+            let backends =
+                crate::http::request(gateway_admin, "GET", "/health/backends", &[], b"").await;
+            if ready && backends.json()["status"] == "serving" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self {
             gateway,
+            gateway_admin,
             data_dir,
             mesh_json,
             admin: (
