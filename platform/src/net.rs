@@ -7,7 +7,14 @@
 
 use axum::serve::{ListenerExt, TapIo};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
+
+use crate::tls::{HANDSHAKE_TIMEOUT, ReloadingCredentials};
+
+/// Handshakes finished but not yet taken by the server.
+const HANDSHAKED_BACKLOG: usize = 128;
 
 /// The accepted-connection stream for a tonic server, with `TCP_NODELAY` on each connection.
 pub fn grpc_incoming(listener: TcpListener) -> TcpIncoming {
@@ -18,6 +25,48 @@ pub fn grpc_incoming(listener: TcpListener) -> TcpIncoming {
 /// concrete type stays visible so `ConnectInfo<SocketAddr>` still works through it.
 pub fn http_listener(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
     listener.tap_io(set_nodelay)
+}
+
+/// The accepted-connection stream for a tonic server doing mTLS itself: each connection's
+/// handshake uses the credentials current when it arrives (so rotated certificates apply to
+/// new connections without a restart), runs in its own task under [`HANDSHAKE_TIMEOUT`] so a
+/// slow or silent client holds up nobody else, and is dropped if it fails. tonic reads the
+/// verified client certificate from the stream (`TlsConnectInfo`) as it does for its own TLS.
+pub fn tls_incoming(
+    listener: TcpListener,
+    credentials: ReloadingCredentials,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKED_BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let (mut stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            set_nodelay(&mut stream);
+            let acceptor = tokio_rustls::TlsAcceptor::from(credentials.current().server_config());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 fn set_nodelay(stream: &mut TcpStream) {

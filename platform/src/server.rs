@@ -21,7 +21,7 @@ use crate::config::MeshConfig;
 use crate::metrics::Metrics;
 use crate::rpc_layer::RpcLayer;
 use crate::shutdown::Shutdown;
-use crate::tls::{MeshCredentials, TlsError};
+use crate::tls::{ReloadingCredentials, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -113,11 +113,14 @@ impl GrpcServer {
             .add_service(reflection_v1.build_v1()?)
             .add_service(reflection_v1alpha.build_v1alpha()?);
 
-        let mut builder = Server::builder();
-        if self.mesh.mtls_mode == crate::config::MtlsMode::Builtin {
-            let files = self.mesh.tls.as_ref().ok_or(ServeError::MissingTls)?;
-            builder = builder.tls_config(MeshCredentials::load(files)?.server_config())?;
-        }
+        let credentials = match self.mesh.mtls_mode {
+            crate::config::MtlsMode::Builtin => {
+                let files = self.mesh.tls.as_ref().ok_or(ServeError::MissingTls)?;
+                Some(ReloadingCredentials::watch(files)?)
+            }
+            crate::config::MtlsMode::Istio => None,
+        };
+        let builder = Server::builder();
         let policy = AuthzPolicy {
             trust_domain: self.mesh.trust_domain.clone(),
             namespace: self.mesh.namespace.clone(),
@@ -144,10 +147,19 @@ impl GrpcServer {
                 }
             }
         };
-        let grpc = builder
-            .layer(layers)
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(crate::net::grpc_incoming(listeners.grpc), drain);
+        let router = builder.layer(layers).add_routes(routes.routes());
+        let grpc: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match credentials {
+            Some(credentials) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::net::tls_incoming(listeners.grpc, credentials),
+                drain,
+            )),
+            None => Box::pin(
+                router
+                    .serve_with_incoming_shutdown(crate::net::grpc_incoming(listeners.grpc), drain),
+            ),
+        };
 
         let mut side_tasks = tokio::task::JoinSet::new();
         if let Some(listener) = listeners.health {

@@ -1,12 +1,29 @@
-//! rustls mTLS for tonic servers and clients from a workload's PEM files. Servers require a
+//! rustls mTLS from a workload's PEM files, reloaded when the files change. Servers require a
 //! client certificate from the mesh CA; clients present theirs and verify the server's.
+//!
+//! cert-manager (or any rotation) rewrites the mounted files in place. [`ReloadingCredentials`]
+//! re-reads them every few seconds, and when they change and form a usable set (the key
+//! matches the certificate, the bundle holds at least one CA) it publishes new credentials:
+//! new handshakes use them, connections already open keep working. A bundle may hold several
+//! CAs, so a CA rotation rolls through with the old and new CA trusted side by side.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::TlsFiles;
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the files are checked for changes, unless `ORDERMESH_TLS_RELOAD_MS` says otherwise.
+const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -15,13 +32,16 @@ pub enum TlsError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
 }
 
-/// A workload's loaded mesh credentials.
-#[derive(Debug, Clone)]
-pub struct MeshCredentials {
-    pub ca: Certificate,
-    pub identity: Identity,
+/// The PEM text of a workload's three files, as read.
+#[derive(Clone, PartialEq, Eq)]
+struct Pems {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -31,20 +51,73 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-impl MeshCredentials {
-    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+impl Pems {
+    fn read(files: &TlsFiles) -> Result<Self, TlsError> {
         Ok(Self {
-            ca: Certificate::from_pem(read(&files.ca)?),
-            identity: Identity::from_pem(read(&files.cert)?, read(&files.key)?),
+            ca: read(&files.ca)?,
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+        })
+    }
+}
+
+/// A workload's loaded mesh credentials: for tonic clients, and a rustls server config.
+#[derive(Debug, Clone)]
+pub struct MeshCredentials {
+    pub ca: Certificate,
+    pub identity: Identity,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl MeshCredentials {
+    /// Reads and checks the files once.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        Self::from_pems(files, &Pems::read(files)?)
+    }
+
+    fn from_pems(files: &TlsFiles, pems: &Pems) -> Result<Self, TlsError> {
+        let invalid = |path: &Path, reason: String| TlsError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&pems.ca) {
+            let ca = ca.map_err(|e| invalid(&files.ca, e.to_string()))?;
+            roots
+                .add(ca)
+                .map_err(|e| invalid(&files.ca, e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid(&files.ca, "no CA certificate".into()));
+        }
+        let chain = CertificateDer::pem_slice_iter(&pems.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&files.cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(invalid(&files.cert, "no certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&pems.key)
+            .map_err(|e| invalid(&files.key, e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| invalid(&files.ca, e.to_string()))?;
+        // `with_single_cert` also checks that the key belongs to the certificate, so a
+        // half-written rotation (new certificate, old key) is refused rather than served.
+        let mut server = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid(&files.key, e.to_string()))?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            ca: Certificate::from_pem(pems.ca.clone()),
+            identity: Identity::from_pem(pems.cert.clone(), pems.key.clone()),
+            server: Arc::new(server),
         })
     }
 
     /// Server side: our certificate, and client certificates from the mesh CA required.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
-            .timeout(Duration::from_secs(10))
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
     }
 
     /// Client side: present our certificate, trust only the mesh CA, and expect the server to
@@ -54,6 +127,78 @@ impl MeshCredentials {
             .ca_certificate(self.ca.clone())
             .identity(self.identity.clone())
             .domain_name(server_name)
-            .timeout(Duration::from_secs(10))
+            .timeout(HANDSHAKE_TIMEOUT)
+    }
+}
+
+/// Credentials that follow their files: [`current`](Self::current) is always the latest
+/// usable set, and [`changes`](Self::changes) tells when it was replaced.
+#[derive(Clone)]
+pub struct ReloadingCredentials {
+    current: watch::Receiver<Arc<MeshCredentials>>,
+}
+
+fn reload_every() -> Duration {
+    std::env::var("ORDERMESH_TLS_RELOAD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_RELOAD_EVERY, Duration::from_millis)
+}
+
+impl ReloadingCredentials {
+    /// Loads the files (failing if they are unusable now) and, inside a Tokio runtime, keeps
+    /// watching them until every copy of the returned value is dropped.
+    pub fn watch(files: &TlsFiles) -> Result<Self, TlsError> {
+        let pems = Pems::read(files)?;
+        let creds = MeshCredentials::from_pems(files, &pems)?;
+        let (tx, rx) = watch::channel(Arc::new(creds));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(follow(files.clone(), pems, tx, reload_every()));
+        }
+        Ok(Self { current: rx })
+    }
+
+    pub fn current(&self) -> Arc<MeshCredentials> {
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that wakes when new credentials are published.
+    pub fn changes(&self) -> watch::Receiver<Arc<MeshCredentials>> {
+        let mut rx = self.current.clone();
+        rx.mark_unchanged();
+        rx
+    }
+}
+
+async fn follow(
+    files: TlsFiles,
+    mut last: Pems,
+    tx: watch::Sender<Arc<MeshCredentials>>,
+    every: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tx.closed() => return,
+        }
+        let pems = match Pems::read(&files) {
+            Ok(p) if p == last => continue,
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS files unreadable; keeping the credentials in use");
+                continue;
+            }
+        };
+        match MeshCredentials::from_pems(&files, &pems) {
+            Ok(creds) => {
+                tracing::info!(cert = %files.cert.display(), "TLS credentials changed on disk; new handshakes use them");
+                last = pems;
+                tx.send_replace(Arc::new(creds));
+            }
+            // Possibly caught halfway through a rotation: the next look will see it finished.
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS files are not usable yet; keeping the credentials in use")
+            }
+        }
     }
 }
