@@ -9,6 +9,7 @@ pub mod config;
 pub mod identity;
 pub mod istio_policy;
 pub mod jwt;
+pub mod lease;
 pub mod metrics;
 pub mod money;
 pub mod net;

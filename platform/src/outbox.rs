@@ -5,6 +5,11 @@
 //! at-least-once (a crash between Append and the delete resends); Append is idempotent by
 //! event id, which makes it effectively once. Nothing is lost across restarts: the outbox is
 //! in the durable table.
+//!
+//! With several replicas, the outbox is spread over [`PARTITIONS`] partitions (by event id),
+//! and a relay works a partition only while it holds that partition's lease: each replica's
+//! relay drains the partitions nobody else is working, and a dead replica's partitions are
+//! taken over once its leases expire.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +23,17 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::client::MeshChannel;
+use crate::lease::Leases;
 use crate::shutdown::Shutdown;
 use crate::store::{Condition, NewItem, Query, StoreError, Table, Write};
 
-const PARTITION: &str = "outbox";
+/// How many partitions the outbox is spread over.
+pub const PARTITIONS: u32 = 8;
+/// How long a relay may work a partition before another replica may take it over; renewed
+/// by claiming again after each round.
+const LEASE: Duration = Duration::from_secs(30);
+/// Batches a relay delivers from one partition before it lets go of it.
+const BATCHES_PER_CLAIM: usize = 10;
 const BATCH: usize = 100;
 const APPEND_DEADLINE: Duration = Duration::from_secs(5);
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -75,14 +87,15 @@ impl Outbox {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        // Time-ordered keys keep delivery roughly in production order.
+        // Time-ordered keys keep delivery roughly in production order within a partition.
         let sk = event.id.clone();
+        let pk = partition(partition_index(&sk));
         let entry = OutboxEntry {
             event: Some(event),
             traceparent,
         };
         Write::put(
-            NewItem::new(PARTITION, sk, entry.encode_to_vec()),
+            NewItem::new(pk, sk, entry.encode_to_vec()),
             Condition::NotExists,
         )
     }
@@ -92,7 +105,8 @@ impl Outbox {
         self.pending.notify_one();
     }
 
-    /// Starts delivering this table's outbox to audit-service until `shutdown`.
+    /// Starts delivering this table's outbox to audit-service until `shutdown`, working each
+    /// partition only while holding its lease.
     pub fn spawn_relay(
         &self,
         table: Table,
@@ -100,6 +114,7 @@ impl Outbox {
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
         let relay = Relay {
+            leases: Leases::new(table.clone(), Leases::replica_owner(&self.source)),
             table,
             audit,
             pending: self.pending.clone(),
@@ -108,23 +123,45 @@ impl Outbox {
     }
 }
 
-/// How many events are waiting (for tests and readiness).
-pub async fn pending_count(table: &Table) -> Result<usize, StoreError> {
-    let mut n = 0;
-    let mut cursor = None;
-    loop {
-        let page = table
-            .query(Query::partition(PARTITION).limit(1000).after(cursor))
-            .await?;
-        n += page.items.len();
-        match page.next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(n),
-        }
+/// The partition key of outbox partition `index`. Partition 0 keeps the name the single
+/// partition had, so events written before the outbox was partitioned are still delivered.
+fn partition(index: u32) -> String {
+    match index {
+        0 => "outbox".to_string(),
+        i => format!("outbox#{i}"),
     }
 }
 
+/// Which partition an event goes to: FNV-1a of its id, so the random tail of UUIDv7 ids
+/// spreads events evenly.
+fn partition_index(event_id: &str) -> u32 {
+    let hash = event_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(PARTITIONS)) as u32
+}
+
+/// How many events are waiting (for tests and readiness).
+pub async fn pending_count(table: &Table) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for index in 0..PARTITIONS {
+        let mut cursor = None;
+        loop {
+            let page = table
+                .query(Query::partition(partition(index)).limit(1000).after(cursor))
+                .await?;
+            n += page.items.len();
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+    Ok(n)
+}
+
 struct Relay {
+    leases: Leases,
     table: Table,
     audit: AuditServiceClient<MeshChannel>,
     pending: Arc<Notify>,
@@ -156,7 +193,7 @@ impl Relay {
             if shutdown.is_triggered() {
                 return;
             }
-            let wait = match self.deliver_batch().await {
+            let wait = match self.deliver_round().await {
                 Ok(0) => {
                     failures = 0;
                     IDLE_POLL
@@ -180,15 +217,51 @@ impl Relay {
         }
     }
 
-    /// Delivers up to one batch; returns how many events it delivered.
-    async fn deliver_batch(&mut self) -> Result<usize, RelayError> {
-        let page = self
-            .table
-            .query(Query::partition(PARTITION).limit(BATCH))
-            .await?;
-        if page.items.is_empty() {
-            return Ok(0);
+    /// Works every partition that has events and that no other replica is working, starting
+    /// at a random one so replicas spread out; returns how many events it delivered.
+    async fn deliver_round(&mut self) -> Result<usize, RelayError> {
+        let start = rand::rng().random_range(0..PARTITIONS);
+        let mut delivered = 0;
+        for offset in 0..PARTITIONS {
+            let pk = partition((start + offset) % PARTITIONS);
+            let first = self.table.query(Query::partition(&pk).limit(BATCH)).await?;
+            if first.items.is_empty() {
+                continue;
+            }
+            let lease_name = format!("outbox/{pk}");
+            let Some(claim) = self.leases.try_claim(&lease_name, LEASE).await? else {
+                continue;
+            };
+            let worked = self.drain_partition(&pk, first, &claim).await;
+            if let Err(e) = self.leases.release(claim).await {
+                tracing::debug!(error = %e, partition = %pk, "outbox lease not released; it will expire");
+            }
+            delivered += worked?;
         }
+        Ok(delivered)
+    }
+
+    /// Delivers up to [`BATCHES_PER_CLAIM`] batches of one partition, starting with `page`.
+    async fn drain_partition(
+        &mut self,
+        pk: &str,
+        mut page: crate::store::Page,
+        claim: &crate::lease::Claim,
+    ) -> Result<usize, RelayError> {
+        let mut delivered = 0;
+        for _ in 0..BATCHES_PER_CLAIM {
+            // Stop while a whole delivery still fits in the lease.
+            if page.items.is_empty() || claim.remaining() <= APPEND_DEADLINE {
+                break;
+            }
+            delivered += self.deliver_batch(&page).await?;
+            page = self.table.query(Query::partition(pk).limit(BATCH)).await?;
+        }
+        Ok(delivered)
+    }
+
+    /// Delivers one page of events, then deletes them; returns how many it delivered.
+    async fn deliver_batch(&mut self, page: &crate::store::Page) -> Result<usize, RelayError> {
         let mut events = Vec::with_capacity(page.items.len());
         let mut parent = None;
         for item in &page.items {
@@ -236,6 +309,22 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_spread_over_every_partition() {
+        let mut counts = [0usize; PARTITIONS as usize];
+        for _ in 0..8_000 {
+            counts[partition_index(&uuid::Uuid::now_v7().to_string()) as usize] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            assert!((700..=1300).contains(c), "partition {i} got {c} of 8000");
+        }
+        assert_eq!(
+            partition(0),
+            "outbox",
+            "the pre-partitioning key is partition 0"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

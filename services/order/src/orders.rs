@@ -8,7 +8,9 @@
 //! | `pending` | `refund#<id>` | a refund still owed for a cancelled order |
 
 use ordermesh_contracts::order::{Order, OrderState};
-use ordermesh_platform::store::{Condition, Cursor, NewItem, Query, StoreError, Table, Write};
+use ordermesh_platform::store::{
+    Condition, Cursor, Item, NewItem, Query, StoreError, Table, Write,
+};
 use prost::Message;
 
 pub const PENDING: &str = "pending";
@@ -181,8 +183,8 @@ impl Orders {
         Ok((out, page.next))
     }
 
-    /// Work left for the re-driver: `(kind, order id)` with kind `pay` or `refund`.
-    pub async fn pending(&self, limit: usize) -> Result<Vec<(String, String)>, OrderError> {
+    /// Work left for the re-driver, oldest first.
+    pub async fn pending(&self, limit: usize) -> Result<Vec<PendingWork>, OrderError> {
         let page = self
             .table
             .query(Query::partition(PENDING).limit(limit))
@@ -190,10 +192,42 @@ impl Orders {
         Ok(page
             .items
             .iter()
-            .filter_map(|i| {
-                i.sk.split_once('#')
-                    .map(|(k, id)| (k.to_string(), id.to_string()))
-            })
+            .filter_map(PendingWork::from_item)
             .collect())
+    }
+}
+
+/// A charge or refund whose outcome is not known yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWork {
+    /// `pay` or `refund`.
+    pub kind: String,
+    pub order_id: String,
+    /// When the work was recorded (unix milliseconds); `None` for items written before the
+    /// time was kept, which count as old.
+    pub since_ms: Option<u64>,
+}
+
+impl PendingWork {
+    /// The marker item's payload: when the work was recorded.
+    pub fn payload(now_ms: u64) -> Vec<u8> {
+        now_ms.to_string().into_bytes()
+    }
+
+    fn from_item(item: &Item) -> Option<Self> {
+        let (kind, id) = item.sk.split_once('#')?;
+        Some(Self {
+            kind: kind.to_string(),
+            order_id: id.to_string(),
+            since_ms: std::str::from_utf8(&item.data)
+                .ok()
+                .and_then(|s| s.parse().ok()),
+        })
+    }
+
+    /// Whether the work is at least `age` old at `now_ms`.
+    pub fn older_than(&self, age: std::time::Duration, now_ms: u64) -> bool {
+        self.since_ms
+            .is_none_or(|since| now_ms.saturating_sub(since) >= age.as_millis() as u64)
     }
 }

@@ -11,6 +11,11 @@
 //! Every transition is a write conditional on the version read, so of two racing transitions
 //! exactly one wins. Cancelling a confirmed order marks it CANCELLED (and a refund owed) first,
 //! then refunds; a refund that cannot be made now is finished by the re-driver.
+//!
+//! The re-driver runs on every replica. It leaves alone work younger than the payment
+//! deadline (its first attempt may still be in flight), and works an item only while holding
+//! that item's lease, so one replica re-drives an order at a time and another takes over when
+//! it dies.
 
 use std::time::Duration;
 
@@ -18,6 +23,7 @@ use ordermesh_contracts::order::{Order, OrderItem, OrderState};
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
 use ordermesh_contracts::payment::{ChargeRequest, RefundRequest};
 use ordermesh_platform::client::MeshChannel;
+use ordermesh_platform::lease::Leases;
 use ordermesh_platform::money::{MAX_AMOUNT_MINOR, money};
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::shutdown::Shutdown;
@@ -25,7 +31,7 @@ use ordermesh_platform::store::{Attempts, Condition, NewItem, StoreError, Write}
 use tonic::Code;
 
 use crate::catalog::Catalog;
-use crate::orders::{OrderError, OrderRecord, Orders, PENDING, key_pk, state_name};
+use crate::orders::{OrderError, OrderRecord, Orders, PENDING, PendingWork, key_pk, state_name};
 
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -59,15 +65,26 @@ pub struct OrderSaga {
     payment: PaymentServiceClient<MeshChannel>,
     outbox: Outbox,
     settings: SagaSettings,
+    leases: Leases,
 }
 
 fn now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(std::time::SystemTime::now())
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn pending_write(kind: &str, id: &str) -> Write {
     Write::put(
-        NewItem::new(PENDING, format!("{kind}#{id}"), Vec::new()),
+        NewItem::new(
+            PENDING,
+            format!("{kind}#{id}"),
+            PendingWork::payload(now_ms()),
+        ),
         Condition::NotExists,
     )
 }
@@ -97,12 +114,48 @@ impl OrderSaga {
         settings: SagaSettings,
     ) -> Self {
         Self {
+            leases: Leases::new(
+                orders.table().clone(),
+                Leases::replica_owner("order-service"),
+            ),
             orders,
             catalog,
             payment,
             outbox,
             settings,
         }
+    }
+
+    /// Work younger than this is left to its first attempt, which may still be in flight.
+    fn redrive_after(&self) -> Duration {
+        self.settings.payment_deadline + Duration::from_secs(1)
+    }
+
+    /// How long one replica may hold an item before another may take it over: longer than
+    /// any attempt (one payment call plus the store writes around it) can take.
+    fn redrive_lease(&self) -> Duration {
+        self.settings.payment_deadline * 2 + Duration::from_secs(5)
+    }
+
+    /// Re-drives one item if it is old enough and no other replica is on it; returns whether
+    /// this replica worked it.
+    pub async fn redrive(&self, work: &PendingWork) -> Result<bool, OrderError> {
+        if !work.older_than(self.redrive_after(), now_ms()) {
+            return Ok(false);
+        }
+        let name = format!("redrive/{}#{}", work.kind, work.order_id);
+        let Some(claim) = self.leases.try_claim(&name, self.redrive_lease()).await? else {
+            return Ok(false);
+        };
+        let outcome = match work.kind.as_str() {
+            "pay" => self.settle_charge(&work.order_id).await.map(|_| ()),
+            "refund" => self.settle_refund(&work.order_id).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = self.leases.release(claim).await {
+            tracing::debug!(order = %work.order_id, error = %e, "re-drive lease not released; it will expire");
+        }
+        outcome.map(|()| true)
     }
 
     fn event(&self, order: &Order, actor: &str, action: &str) -> Write {
@@ -475,14 +528,9 @@ impl OrderSaga {
                         continue;
                     }
                 };
-                for (kind, id) in work {
-                    let outcome = match kind.as_str() {
-                        "pay" => saga.settle_charge(&id).await.map(|_| ()),
-                        "refund" => saga.settle_refund(&id).await,
-                        _ => Ok(()),
-                    };
-                    if let Err(e) = outcome {
-                        tracing::warn!(order = %id, error = %e, "re-drive failed");
+                for item in work {
+                    if let Err(e) = saga.redrive(&item).await {
+                        tracing::warn!(order = %item.order_id, error = %e, "re-drive failed");
                     }
                 }
             }
