@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem, Update,
 };
 use bytes::Bytes;
 
@@ -71,7 +71,13 @@ pub async fn client(settings: &DynamoSettings) -> Client {
     Client::from_conf(conf)
 }
 
-/// Creates the table with its index and TTL; an existing table is left as it is.
+/// How long `tables create` waits for a new table to become ACTIVE.
+const ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Creates the table with its index, waits until it is ACTIVE, and makes sure TTL is on. An
+/// existing table keeps its keys; a run that stopped between creating it and turning TTL on
+/// (or a table made elsewhere without TTL) gets TTL on the next run. Returns whether the table
+/// was created by this call.
 pub async fn create_table(client: &Client, table: &str) -> Result<bool, StoreError> {
     let attr = |name: &str| {
         AttributeDefinition::builder()
@@ -121,22 +127,69 @@ pub async fn create_table(client: &Client, table: &str) -> Result<bool, StoreErr
         }
         Err(e) => return Err(sdk_error(e)),
     };
-    if created {
-        client
-            .update_time_to_live()
+    wait_until_active(client, table).await?;
+    ensure_ttl(client, table).await?;
+    Ok(created)
+}
+
+/// DynamoDB refuses most table changes (TTL among them) while a table is CREATING.
+async fn wait_until_active(client: &Client, table: &str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let described = client
+            .describe_table()
             .table_name(table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(TTL)
-                    .enabled(true)
-                    .build()
-                    .map_err(backend)?,
-            )
             .send()
             .await
             .map_err(sdk_error)?;
+        let status = described.table().and_then(|t| t.table_status());
+        if status == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        if started.elapsed() > ACTIVE_TIMEOUT {
+            return Err(StoreError::Backend(format!(
+                "table {table} is still {status:?} after {} s",
+                ACTIVE_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
-    Ok(created)
+}
+
+/// Turns TTL on for the expiry attribute unless it already is (or is being turned on).
+async fn ensure_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(sdk_error)?;
+    let on = ttl.time_to_live_description().is_some_and(|d| {
+        d.attribute_name() == Some(TTL)
+            && matches!(
+                d.time_to_live_status(),
+                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+            )
+    });
+    if on {
+        return Ok(());
+    }
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(TTL)
+                .enabled(true)
+                .build()
+                .map_err(backend)?,
+        )
+        .send()
+        .await
+        .map_err(sdk_error)?;
+    Ok(())
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
