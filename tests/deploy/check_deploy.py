@@ -6,7 +6,10 @@ value sets, validates every rendered manifest against the Kubernetes OpenAPI sch
 (kubernetes-validate, strict), validates every Istio resource against the CRD schemas in
 ../shared/schemas/istio-crds.yaml (strict about unknown fields, and evaluating the CEL rules
 it knows), and checks what must agree across the chart, the Istio manifests and the
-binary's contract. One line per check; the last line is "N passed, M failed".
+binary's contract. Also: value sets missing a prerequisite must fail the render with a
+message naming what to set; deploy/README.md's IAM table must cover every DynamoDB call in the
+store code; every ORDERMESH_* variable the chart sets must be read in the Rust source. One line
+per check; the last line is "N passed, M failed".
 
 Run through tests/deploy/run.sh, which prepares the virtualenv.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import json
 import os
 import re
 import sys
@@ -46,6 +50,10 @@ ROLES = {
 }
 SERVICES = [w for r, w in ROLES.items() if r != "gateway"]
 GRPC_PORT, HEALTH_PORT, METRICS_PORT, HTTP_PORT = 50051, 50060, 9090, 8080
+# edge-gateway's admin listener (/metrics, /healthz, /health/backends): never public.
+ADMIN_PORT = 9090
+# The project publishes no image: every value set names one (an empty repository must fail).
+IMAGE = {"image": {"repository": "registry.example.com/ordermesh"}}
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the pinned
 # kubernetes-validate ships schemas for.
 KUBE_MIN = "1.31"
@@ -54,13 +62,14 @@ ISTIO_API_VERSIONS = {"security.istio.io/v1", "networking.istio.io/v1", "telemet
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
-# Value sets the chart is rendered with: name -> (values, mtls mode, store backend)
+# Value sets the chart is rendered with (each also gets IMAGE).
 VARIANTS = {
     "default": {},
     "istio": yaml.safe_load((CHART / "values-istio.yaml").read_text()),
     "embedded+cert-manager": {
         "store": {"backend": "embedded"},
-        "mtls": {"certManager": {"enabled": True}},
+        "mtls": {"certManager": {"enabled": True,
+                                 "issuerRef": {"name": "corp-mesh-ca", "kind": "ClusterIssuer"}}},
         "jwt": {"signingKey": {"create": False, "secretName": "jwt-key"}},
         "roles": {
             "gateway": {"autoscaling": {"enabled": False}, "replicas": 3,
@@ -77,8 +86,29 @@ VARIANTS = {
         "gateway": {"deadlineMs": 2500, "bodyLimitBytes": 65536,
                     "corsOrigins": ["https://shop.example", "http://localhost:3000"],
                     "rateLimit": {"perMinute": 1200, "burst": 40},
-                    "accountRateLimit": {"perMinute": 20, "burst": 5}},
+                    "accountRateLimit": {"perMinute": 20, "burst": 5},
+                    "trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.10"], "trustedHops": 2},
+        "discovery": {"clusterDomain": "k8s.internal", "dnsRefreshSeconds": 10},
     },
+    "builtin+own-secrets": {
+        "mtls": {"certManager": {"enabled": False}},
+        "roles": {role: {"tlsSecretName": f"mesh-{role}"} for role in ROLES},
+    },
+}
+
+# Value sets missing a prerequisite: the render must fail, and the message must name what to
+# set (each string below).
+MISSING = {
+    "no image.repository (the chart's defaults)": ({}, ["image.repository"]),
+    "builtin mTLS without cert-manager or Secrets": (
+        {**IMAGE, "mtls": {"certManager": {"enabled": False}}},
+        ["mtls.certManager.enabled=true", "roles.<role>.tlsSecretName", "mtls.mode=istio"]),
+    "builtin mTLS without cert-manager, gateway's Secret not named": (
+        {**IMAGE, "mtls": {"certManager": {"enabled": False}},
+         "roles": {role: {"tlsSecretName": f"mesh-{role}"} for role in ROLES if role != "gateway"}},
+        ["roles.<role>.tlsSecretName", "missing for: gateway"]),
+    "one TLS Secret for every role": (
+        {**IMAGE, "defaults": {"tlsSecretName": "mesh-tls"}}, ["tlsSecretName", "each role needs its own"]),
 }
 
 
@@ -117,6 +147,9 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in (over or {}).items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+VARIANTS = {label: deep_merge(IMAGE, values) for label, values in VARIANTS.items()}
 
 
 # ----------------------------------------------------------------------------- Istio CRDs
@@ -239,6 +272,8 @@ def validate_kube(obj: dict, crds: dict) -> list[str]:
         return validate_istio(obj, crds)
     if api == "cert-manager.io/v1" and obj.get("kind") == "Certificate":
         return check_certificate(obj)
+    if api == "cert-manager.io/v1" and obj.get("kind") == "Issuer":
+        return check_issuer(obj)
     problems = []
     for version in (KUBE_MIN, KUBE_LATEST):
         try:
@@ -254,12 +289,28 @@ def validate_kube(obj: dict, crds: dict) -> list[str]:
 def check_certificate(obj: dict) -> list[str]:
     """No schema ships for cert-manager here: check the fields the mesh depends on."""
     spec, where = obj.get("spec", {}), ident(obj)
+    if spec.get("isCA"):
+        problems = [f"{where}: missing spec.{k}" for k in ("secretName", "issuerRef", "commonName")
+                    if not spec.get(k)]
+        if spec.get("privateKey", {}).get("rotationPolicy") != "Never":
+            problems.append(f"{where}: a CA must keep its key on renewal (privateKey.rotationPolicy: "
+                            "Never), or every certificate it signed stops verifying at once")
+        return problems
     problems = [f"{where}: missing spec.{k}" for k in ("secretName", "issuerRef", "uris") if not spec.get(k)]
     usages = {"client auth"} if obj["metadata"]["name"] == "operator" else {"client auth", "server auth"}
     if not set(spec.get("usages", [])) >= usages:
         problems.append(f"{where}: usages must include {sorted(usages)}")
     if "server auth" in usages and not spec.get("dnsNames"):
         problems.append(f"{where}: a server certificate needs the Service's DNS names")
+    return problems
+
+
+def check_issuer(obj: dict) -> list[str]:
+    spec, where = obj.get("spec", {}), ident(obj)
+    kinds = [k for k in ("selfSigned", "ca", "acme", "vault", "venafi") if k in spec]
+    problems = [] if len(kinds) == 1 else [f"{where}: want exactly one issuer type, found {kinds}"]
+    if "ca" in spec and not spec["ca"].get("secretName"):
+        problems.append(f"{where}: a CA Issuer needs spec.ca.secretName")
     return problems
 
 
@@ -374,15 +425,38 @@ def check_ports_and_probes(r: Rendered) -> list[str]:
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         svc = r.get("Service", workload) or {"spec": {"ports": []}}
         svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+        if r.values["metrics"]["scrapeAnnotations"] and (
+                annotations.get("prometheus.io/port") != str(METRICS_PORT)
+                or annotations.get("prometheus.io/path") != "/metrics"):
+            problems.append(f"{workload}: prometheus.io/port must be {METRICS_PORT} (path /metrics), "
+                            f"found {annotations.get('prometheus.io/port')!r}")
         if role == "gateway":
-            if ports != {"http": HTTP_PORT}:
-                problems.append(f"{workload}: container ports {ports}, want only http:{HTTP_PORT}")
-            if set(svc_ports) != {"http"} or svc_ports["http"]["port"] != HTTP_PORT:
-                problems.append(f"{workload}: Service must expose only http:{HTTP_PORT}")
+            want = {"http": HTTP_PORT, "http-admin": ADMIN_PORT}
+            if ports != want:
+                problems.append(f"{workload}: container ports {ports}, want {want}")
+            if set(svc_ports) != {"http"} or svc_ports["http"]["port"] != HTTP_PORT \
+                    or svc_ports["http"].get("targetPort") not in ("http", HTTP_PORT):
+                problems.append(f"{workload}: Service must expose only http:{HTTP_PORT} (the admin "
+                                f"port {ADMIN_PORT} must stay off the public Service)")
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                 get = c.get(probe, {}).get("httpGet", {})
                 if get.get("path") != path or get.get("port") not in ("http", HTTP_PORT):
                     problems.append(f"{workload}: {probe} must be httpGet {path} on http")
+            env = effective_env(r, dep)
+            for var, port in (("ORDERMESH_HTTP_ADDR", HTTP_PORT), ("ORDERMESH_ADMIN_ADDR", ADMIN_PORT)):
+                if env.get(var) != f"0.0.0.0:{port}":
+                    problems.append(f"{workload}: {var}={env.get(var)!r}, want 0.0.0.0:{port}")
+            # Any other Service on the gateway's pods may carry the admin port only as a
+            # ClusterIP Service: never the public one, never a LoadBalancer or NodePort.
+            for s in r.all("Service"):
+                if not selects(s["spec"].get("selector", {}), pod_labels(dep)):
+                    continue
+                admin = [p for p in s["spec"]["ports"]
+                         if p.get("targetPort") in ("http-admin", ADMIN_PORT) or p["port"] == ADMIN_PORT]
+                if admin and (s["metadata"]["name"] == workload
+                              or s["spec"].get("type", "ClusterIP") != "ClusterIP"):
+                    problems.append(f"{ident(s)} exposes the admin port {ADMIN_PORT}")
             continue
         want = {"grpc": GRPC_PORT, "grpc-health": HEALTH_PORT, "http-metrics": METRICS_PORT}
         if ports != want:
@@ -432,8 +506,6 @@ def check_security(r: Rendered) -> list[str]:
 
 def check_environment(r: Rendered) -> list[str]:
     problems = []
-    scheme = "http" if r.istio else "https"
-    services = {s["metadata"]["name"]: s for s in r.all("Service")}
     for role, workload, dep in r.deployments():
         env = effective_env(r, dep)
         ns = env.get("ORDERMESH_NAMESPACE")
@@ -461,6 +533,9 @@ def check_environment(r: Rendered) -> list[str]:
             "ORDERMESH_RATE_LIMIT_BURST": str(gw["rateLimit"]["burst"]),
             "ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE": str(gw["accountRateLimit"]["perMinute"]),
             "ORDERMESH_ACCOUNT_RATE_LIMIT_BURST": str(gw["accountRateLimit"]["burst"]),
+            "ORDERMESH_ADMIN_ADDR": f"0.0.0.0:{ADMIN_PORT}",
+            "ORDERMESH_TRUSTED_PROXIES": ",".join(gw["trustedProxies"]),
+            "ORDERMESH_TRUSTED_HOPS": str(gw["trustedHops"]),
         }
         if role == "gateway":
             expect.update(edge)
@@ -469,18 +544,9 @@ def check_environment(r: Rendered) -> list[str]:
         for var, want in expect.items():
             if env.get(var) != want:
                 problems.append(f"{workload}: {var}={env.get(var)!r}, want {want!r}")
-        for other_role, other in ROLES.items():
-            if other_role == "gateway":
-                continue
+        for other_role in ROLES:
             var = f"ORDERMESH_{other_role.upper()}_ENDPOINT"
-            value = str(env.get(var, ""))
-            for endpoint in filter(None, value.split(",")):
-                u = urllib.parse.urlparse(endpoint.strip())
-                svc = services.get(u.hostname or "")
-                if u.scheme != scheme or not svc or u.port not in [p["port"] for p in svc["spec"]["ports"]
-                                                                    if p["name"] == "grpc"]:
-                    problems.append(f"{workload}: {var}={value!r} is not {scheme}://<service>:{GRPC_PORT}")
-            if not value:
+            if other_role != "gateway" and not env.get(var):
                 problems.append(f"{workload}: {var} is not set")
         defined: set[str] = set()
         for src in container(dep).get("envFrom", []):
@@ -498,9 +564,69 @@ def check_environment(r: Rendered) -> list[str]:
     return problems
 
 
+def check_discovery(r: Rendered) -> list[str]:
+    """builtin mode: each gRPC role has a headless Service over its ready pods, and every client
+    dials it by its FQDN over https (the client resolves every address and balances). istio
+    mode: the ordinary ClusterIP Service over plaintext (the sidecar balances), no headless."""
+    problems = []
+    domain = r.values["discovery"]["clusterDomain"]
+    services = {s["metadata"]["name"]: s for s in r.all("Service")}
+    pods = {w: pod_labels(d) for _, w, d in r.deployments()}
+    headless = {name for name, s in services.items() if s["spec"].get("clusterIP") == "None"}
+    for role, workload in ROLES.items():
+        if role == "gateway":
+            continue
+        name = f"{workload}-headless"
+        if r.istio:
+            if name in services:
+                problems.append(f"{name}: rendered in istio mode (the sidecar balances over the "
+                                "ClusterIP Service; Envoy would pass a headless name through)")
+            continue
+        svc = services.get(name)
+        if not svc:
+            problems.append(f"{workload}: no headless Service {name}")
+            continue
+        spec = svc["spec"]
+        if spec.get("clusterIP") != "None" or spec.get("type", "ClusterIP") != "ClusterIP":
+            problems.append(f"{name}: must be headless (type ClusterIP, clusterIP: None)")
+        if spec.get("publishNotReadyAddresses"):
+            problems.append(f"{name}: must publish ready pods only")
+        selected = [w for w, labels in pods.items() if selects(spec.get("selector", {}), labels)]
+        if selected != [workload]:
+            problems.append(f"{name}: selects the pods of {selected}, want only {workload}'s")
+        grpc = [p for p in spec.get("ports", []) if p["name"] == "grpc"]
+        if len(grpc) != 1 or grpc[0]["port"] != GRPC_PORT or grpc[0].get("targetPort") not in ("grpc", GRPC_PORT) \
+                or grpc[0].get("appProtocol") != "grpc":
+            problems.append(f"{name}: needs port grpc:{GRPC_PORT} -> grpc, appProtocol grpc")
+    for role, workload, dep in r.deployments():
+        env = effective_env(r, dep)
+        for other_role, other in ROLES.items():
+            if other_role == "gateway":
+                continue
+            var = f"ORDERMESH_{other_role.upper()}_ENDPOINT"
+            value = str(env.get(var, ""))
+            want = (f"http://{other}:{GRPC_PORT}" if r.istio else
+                    f"https://{other}-headless.{NAMESPACE}.svc.{domain}:{GRPC_PORT}")
+            if value != want:
+                problems.append(f"{workload}: {var}={value!r}, want {want!r}")
+                continue
+            host = urllib.parse.urlparse(value).hostname or ""
+            svc = services.get(host.split(".")[0])
+            if not svc or not [p for p in svc["spec"]["ports"] if p["name"] == "grpc" and p["port"] == GRPC_PORT]:
+                problems.append(f"{workload}: {var} names no Service with port grpc:{GRPC_PORT}")
+            elif r.istio and host in headless:
+                problems.append(f"{workload}: {var} must name the ClusterIP Service in istio mode")
+        refresh = env.get("ORDERMESH_DNS_REFRESH_SECS")
+        want_refresh = None if r.istio else str(r.values["discovery"]["dnsRefreshSeconds"])
+        if refresh != want_refresh:
+            problems.append(f"{workload}: ORDERMESH_DNS_REFRESH_SECS={refresh!r}, want {want_refresh!r}")
+    return problems
+
+
 def check_mtls(r: Rendered) -> list[str]:
     problems = []
     certs = {c["metadata"]["name"]: c for c in r.all("Certificate")}
+    jwt_secret = r.values["jwt"]["signingKey"]["secretName"] or f"{RELEASE}-jwt-signing-key"
     for role, workload, dep in r.deployments():
         pod = dep["spec"]["template"]
         env = effective_env(r, dep)
@@ -509,7 +635,12 @@ def check_mtls(r: Rendered) -> list[str]:
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         tls_env = {k: v for k, v in env.items() if k.startswith("ORDERMESH_TLS_")}
         tls_secrets = [v["secret"]["secretName"] for v in volumes.values()
-                       if "secret" in v and {"tls.crt", "tls.key"} & {i["key"] for i in v["secret"].get("items", [])}]
+                       if "secret" in v and v["secret"]["secretName"] != jwt_secret]
+        # A subPath mount is a copy made at start: it never sees a renewed Secret.
+        for m in container(dep).get("volumeMounts", []):
+            if "secret" in volumes.get(m["name"], {}) and (m.get("subPath") or m.get("subPathExpr")):
+                problems.append(f"{workload}: Secret volume {m['name']} mounted with subPath: renewed "
+                                "certificates would never reach the process")
         if r.istio:
             if inject != "true":
                 problems.append(f"{workload}: istio mode needs pod label sidecar.istio.io/inject=true")
@@ -535,15 +666,56 @@ def check_mtls(r: Rendered) -> list[str]:
                          ("ORDERMESH_TLS_KEY", "tls.key")):
             if env.get(var) != f"{base}/{key}":
                 problems.append(f"{workload}: {var}={env.get(var)!r}, want {base}/{key}")
+        for var in ("ORDERMESH_TLS_CA", "ORDERMESH_TLS_CERT", "ORDERMESH_TLS_KEY"):
+            if str(env.get(var, "")).rsplit("/", 1)[0] != base:
+                problems.append(f"{workload}: {var} must be a file directly in the mounted directory {base}")
         if r.values["mtls"]["certManager"]["enabled"]:
             cert = certs.get(workload, {}).get("spec", {})
             spiffe = f"spiffe://{r.values['mtls']['trustDomain']}/ns/{NAMESPACE}/sa/{workload}"
             if cert.get("secretName") != want_secret or cert.get("uris") != [spiffe] \
                     or workload not in cert.get("dnsNames", []):
                 problems.append(f"{workload}: Certificate must write {want_secret} with URI SAN {spiffe}")
+            headless = f"{workload}-headless.{NAMESPACE}.svc.{r.values['discovery']['clusterDomain']}"
+            if role != "gateway" and headless not in cert.get("dnsNames", []):
+                problems.append(f"{workload}: Certificate lacks the headless name {headless} (for tools)")
     if r.istio or not r.values["mtls"]["certManager"]["enabled"]:
-        if certs:
-            problems.append("Certificates rendered although cert-manager is off or Istio does mTLS")
+        if certs or r.all("Issuer"):
+            problems.append("cert-manager objects rendered although cert-manager is off or Istio does mTLS")
+    else:
+        problems += check_issuer_chain(r, certs)
+    return problems
+
+
+def check_issuer_chain(r: Rendered, certs: dict) -> list[str]:
+    """Every mesh certificate names the configured issuer; without one, the chart's bootstrap
+    chain (self-signed Issuer -> CA Certificate -> CA Issuer) must be whole and consistent."""
+    problems = []
+    ref = r.values["mtls"]["certManager"]["issuerRef"]
+    issuers = {i["metadata"]["name"]: i["spec"] for i in r.all("Issuer")}
+    leaves = {n: c["spec"] for n, c in certs.items() if not c["spec"].get("isCA")}
+    cas = {n: c["spec"] for n, c in certs.items() if c["spec"].get("isCA")}
+    if ref["name"]:
+        want = {"name": ref["name"], "kind": ref.get("kind", "Issuer"), "group": ref.get("group", "cert-manager.io")}
+        if issuers or cas:
+            problems.append(f"mtls.certManager.issuerRef names {ref['name']}: the chart must not "
+                            f"bootstrap a CA too (found {sorted(issuers)}, {sorted(cas)})")
+    else:
+        ca_issuers = {n: s for n, s in issuers.items() if "ca" in s}
+        if len(ca_issuers) != 1 or len(cas) != 1:
+            return problems + [f"no issuerRef: want one bootstrapped CA Certificate and one CA Issuer, "
+                               f"found {sorted(cas)} and {sorted(ca_issuers)}"]
+        (issuer_name, issuer), (ca_name, ca) = next(iter(ca_issuers.items())), next(iter(cas.items()))
+        if issuer["ca"]["secretName"] != ca["secretName"]:
+            problems.append(f"Issuer/{issuer_name} reads {issuer['ca']['secretName']}, but the CA "
+                            f"Certificate/{ca_name} writes {ca['secretName']}")
+        root = issuers.get(ca["issuerRef"]["name"])
+        if ca["issuerRef"].get("kind", "Issuer") != "Issuer" or not root or "selfSigned" not in root:
+            problems.append(f"Certificate/{ca_name} must be signed by a self-signed Issuer of the chart")
+        want = {"name": issuer_name, "kind": "Issuer", "group": "cert-manager.io"}
+    for name, spec in leaves.items():
+        got = {"kind": "Issuer", "group": "cert-manager.io", **spec.get("issuerRef", {})}
+        if got != want:
+            problems.append(f"Certificate/{name}: issuerRef {spec.get('issuerRef')}, want {want}")
     return problems
 
 
@@ -603,14 +775,27 @@ def check_tables_job(r: Rendered) -> list[str]:
     endpoint = r.values["store"]["dynamodb"]["endpoint"]
     if endpoint and env.get("AWS_ENDPOINT_URL_DYNAMODB") != endpoint:
         problems.append("Job ignores store.dynamodb.endpoint")
-    sa = r.get("ServiceAccount", pod["spec"].get("serviceAccountName", ""))
-    if not sa:
+    sa_name = pod["spec"].get("serviceAccountName", "")
+    if not r.get("ServiceAccount", sa_name):
         problems.append("Job's ServiceAccount is not rendered")
-    else:
-        sa_hooks = sa["metadata"].get("annotations", {})
-        if "pre-install" not in sa_hooks.get("helm.sh/hook", "") or \
-                int(sa_hooks.get("helm.sh/hook-weight", 0)) >= int(hooks.get("helm.sh/hook-weight", 0)):
-            problems.append("Job's ServiceAccount must be a hook created before the Job")
+    # What the Job's pod needs at admission (its ServiceAccount, and any Role/RoleBinding for
+    # it) must be hooks of the same events, created first (lower weight), and still there when
+    # the Job runs: no hook-succeeded, which some hook runners apply as soon as the object is
+    # ready (Argo CD), before the Job's pod is admitted.
+    job_events = set(hooks.get("helm.sh/hook", "").split(","))
+    job_weight = int(hooks.get("helm.sh/hook-weight", 0))
+    for o in r.objects:
+        if not (o["kind"] == "ServiceAccount" and o["metadata"]["name"] == sa_name
+                or o["kind"] in ("Role", "RoleBinding") and "helm.sh/hook" in o["metadata"].get("annotations", {})):
+            continue
+        a = o["metadata"].get("annotations", {})
+        if set(a.get("helm.sh/hook", "").split(",")) != job_events:
+            problems.append(f"{ident(o)}: must be a {','.join(sorted(job_events))} hook like the Job")
+        if int(a.get("helm.sh/hook-weight", 0)) >= job_weight:
+            problems.append(f"{ident(o)}: hook-weight {a.get('helm.sh/hook-weight', '0')} must be below "
+                            f"the Job's {job_weight}")
+        if "hook-succeeded" in a.get("helm.sh/hook-delete-policy", ""):
+            problems.append(f"{ident(o)}: hook-delete-policy hook-succeeded may delete it before the Job runs")
     return problems
 
 
@@ -753,6 +938,43 @@ def check_istio(report: Report, crds: dict, istio_render: Rendered) -> None:
     report.check("Gateway + VirtualService: edge-gateway:8080, timeouts, retries only for safe methods",
                  problems)
 
+    # The admin port (metrics, detailed backend health) is never reachable from the world.
+    problems = []
+    services = {s["metadata"]["name"]: s for s in istio_render.all("Service")}
+    for g in of("Gateway"):
+        for server in g["spec"].get("servers", []):
+            if server.get("port", {}).get("number") == ADMIN_PORT:
+                problems.append(f"{ident(g)}: listens on the admin port {ADMIN_PORT}")
+    for vs in vss:
+        for kind in ("http", "tcp", "tls"):
+            for route in vs["spec"].get(kind, []):
+                for dest in route.get("route", []):
+                    d = dest["destination"]
+                    svc = services.get(d["host"].split(".")[0], {"spec": {"ports": []}})
+                    admin = [p for p in svc["spec"]["ports"]
+                             if p["port"] == ADMIN_PORT or p.get("targetPort") in ("http-admin", ADMIN_PORT)]
+                    if d.get("port", {}).get("number") == ADMIN_PORT or (
+                            selects(svc["spec"].get("selector", {}), labels["edge-gateway"]) and admin):
+                        problems.append(f"{ident(vs)}: routes to the gateway's admin port via {d['host']}")
+    denied = False
+    for ap in of("AuthorizationPolicy"):
+        spec = ap["spec"]
+        if spec.get("action") != "DENY" or not selects(spec.get("selector", {}).get("matchLabels", {}),
+                                                       labels["edge-gateway"]):
+            continue
+        for rule in spec.get("rules", []):
+            ports = {str(p) for to in rule.get("to", []) for p in to.get("operation", {}).get("ports", [])}
+            if str(ADMIN_PORT) in ports and not rule.get("from") and not rule.get("when"):
+                denied = True
+    if not denied:
+        problems.append(f"want a DENY AuthorizationPolicy on edge-gateway port {ADMIN_PORT} from any "
+                        "source, so no route or Service added later exposes it")
+    gw_svc = services.get("edge-gateway", {"spec": {"ports": []}})
+    if any(p["port"] == ADMIN_PORT for p in gw_svc["spec"]["ports"]):
+        problems.append(f"edge-gateway Service exposes {ADMIN_PORT}")
+    report.check(f"Istio: the gateway's admin port {ADMIN_PORT} is on no public Service, route or Gateway",
+                 problems)
+
     problems = []
     for t in of("Telemetry") or [{}]:
         tracing = t.get("spec", {}).get("tracing", [])
@@ -880,6 +1102,141 @@ def check_dockerfile() -> list[str]:
     return problems
 
 
+# The DynamoDB API operations, as the Rust SDK's client methods name them (one per operation).
+DYNAMODB_OPERATIONS = set("""
+batch_execute_statement batch_get_item batch_write_item create_backup create_global_table
+create_table delete_backup delete_item delete_resource_policy delete_table describe_backup
+describe_continuous_backups describe_contributor_insights describe_endpoints describe_export
+describe_global_table describe_global_table_settings describe_import
+describe_kinesis_streaming_destination describe_limits describe_table
+describe_table_replica_auto_scaling describe_time_to_live disable_kinesis_streaming_destination
+enable_kinesis_streaming_destination execute_statement execute_transaction
+export_table_to_point_in_time get_item get_resource_policy import_table list_backups
+list_contributor_insights list_exports list_global_tables list_imports list_tables
+list_tags_of_resource put_item put_resource_policy query restore_table_from_backup
+restore_table_to_point_in_time scan tag_resource transact_get_items transact_write_items
+untag_resource update_continuous_backups update_contributor_insights update_global_table
+update_global_table_settings update_item update_kinesis_streaming_destination update_table
+update_table_replica_auto_scaling update_time_to_live
+""".split())
+# SDK waiters poll an operation.
+DYNAMODB_WAITERS = {"wait_until_table_exists": "describe_table", "wait_until_table_not_exists": "describe_table"}
+# Table management: the tables Job's role, not the services'.
+DYNAMODB_CONTROL_PLANE = {op for op in DYNAMODB_OPERATIONS
+                          if op.endswith(("_table", "_time_to_live", "_tables", "_backup", "_backups"))}
+# What `tables create` needs (issue 19: it waits for ACTIVE and converges TTL on re-run), whether
+# or not the code calling it has landed yet.
+TABLES_JOB_ACTIONS = {"CreateTable", "DescribeTable", "DescribeTimeToLive", "UpdateTimeToLive"}
+# Where the store's SDK calls live.
+STORE_SOURCES = [REPO / "platform" / "src" / "store", REPO / "launcher"]
+# Where the binary reads its environment (tests and benchmarks excluded).
+BINARY_SOURCES = [REPO / d for d in ("src", "platform", "launcher", "edge-gateway", "services")]
+
+
+def rust_files(dirs: list[Path]):
+    for d in dirs:
+        for path in sorted(d.rglob("*.rs")) if d.exists() else []:
+            if "target" not in path.relative_to(REPO).parts:
+                yield path
+
+
+def pascal(op: str) -> str:
+    return "".join(w.capitalize() for w in op.split("_"))
+
+
+def dynamodb_calls() -> dict[str, set[str]]:
+    """Operation (PascalCase) -> the IAM actions it needs, from the SDK calls in the store code.
+    A transaction is authorized item by item: TransactWriteItems needs the action of each kind
+    of item the code puts in one (there is no dynamodb:TransactWriteItems action)."""
+    calls: dict[str, set[str]] = {}
+    for path in rust_files(STORE_SOURCES):
+        text = path.read_text()
+        if "dynamodb" not in text.lower():
+            continue
+        code = re.sub(r"(?m)(^|\s)//.*$", "", text)
+        for name in re.findall(r"\.\s*([a-z_]+)\(\s*\)", code):
+            op = DYNAMODB_WAITERS.get(name, name)
+            if op not in DYNAMODB_OPERATIONS:
+                continue
+            if op == "transact_write_items":
+                kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                         "ConditionCheck": "ConditionCheckItem"}
+                actions = {a for k, a in kinds.items() if re.search(rf"\b{k}::builder\(", code)}
+                calls[pascal(op)] = actions or set(kinds.values())
+            elif op == "transact_get_items":
+                calls[pascal(op)] = {"GetItem"}
+            else:
+                calls[pascal(op)] = {pascal(op)}
+    return calls
+
+
+def check_iam_doc() -> list[str]:
+    """deploy/README.md lists every DynamoDB operation the code calls, the IAM actions each
+    needs, and gives the two policies (services, tables Job) holding them."""
+    text = (REPO / "deploy" / "README.md").read_text()
+    m = re.search(r"^## DynamoDB IAM.*?(?=^## |\Z)", text, re.M | re.S)
+    if not m:
+        return ["deploy/README.md has no '## DynamoDB IAM' section"]
+    section = m.group(0)
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and len(cells) >= 2 and re.fullmatch(r"`[A-Za-z]+`", cells[0]):
+            rows[cells[0].strip("`")] = set(re.findall(r"dynamodb:([A-Za-z]+)", cells[1]))
+    policies = {}
+    for block in re.findall(r"```json\n(.*?)```", section, re.S):
+        try:
+            doc = json.loads(block)
+        except ValueError as e:
+            return [f"IAM policy block is not JSON: {e}"]
+        for st in doc.get("Statement", []):
+            actions = st.get("Action", [])
+            actions = [actions] if isinstance(actions, str) else actions
+            resources = st.get("Resource", [])
+            resources = [resources] if isinstance(resources, str) else resources
+            policies[st.get("Sid")] = ({a.split(":", 1)[1] for a in actions if a.startswith("dynamodb:")},
+                                       resources)
+    problems = []
+    services, job = policies.get("OrdermeshServices"), policies.get("OrdermeshTablesJob")
+    if not services or not job:
+        return [f"want JSON policies with Sid OrdermeshServices and OrdermeshTablesJob, found {sorted(policies)}"]
+    calls = dynamodb_calls()
+    if not calls:
+        problems.append(f"no DynamoDB SDK call found under {[str(d.relative_to(REPO)) for d in STORE_SOURCES]}")
+    announced = {a: {a} for a in TABLES_JOB_ACTIONS}
+    for op, actions in sorted({**announced, **calls}.items()):
+        if op not in rows:
+            problems.append(f"operation {op} (called by the code) has no row in the IAM table")
+        elif not actions <= rows[op]:
+            problems.append(f"row {op} must name {sorted('dynamodb:' + a for a in actions - rows[op])}")
+        control = op in TABLES_JOB_ACTIONS or re.sub(r"(?<!^)([A-Z])", r"_\1", op).lower() in DYNAMODB_CONTROL_PLANE
+        policy, who = (job, "OrdermeshTablesJob") if control else (services, "OrdermeshServices")
+        if not actions <= policy[0]:
+            problems.append(f"policy {who} lacks {sorted('dynamodb:' + a for a in actions - policy[0])} ({op})")
+    for op in sorted(set(rows) - set(calls) - set(announced)):
+        problems.append(f"row {op}: the code no longer calls it; drop it (least privilege)")
+    if "Query" in calls and not any("/index/" in res for res in services[1]):
+        problems.append("policy OrdermeshServices: Query on the gsi1 index needs the table/<prefix>*/index/* resource")
+    return problems
+
+
+def check_env_names_in_rust(rendered: dict) -> list[str]:
+    """Every ORDERMESH_* variable the chart sets is read by the binary (a string literal in its
+    source), so a renamed or dropped variable cannot be silently ignored."""
+    names: dict[str, set[str]] = {}
+    for label, r in rendered.items():
+        for o in r.objects:
+            found = list((o.get("data") or {}) if o["kind"] == "ConfigMap" else [])
+            if o["kind"] in ("Deployment", "Job"):
+                found += [e["name"] for c in o["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])]
+            for n in found:
+                if n.startswith("ORDERMESH_"):
+                    names.setdefault(n, set()).add(label)
+    source = "\n".join(p.read_text() for p in rust_files(BINARY_SOURCES))
+    return [f"{n} (set in {', '.join(sorted(labels))}) is read nowhere in the Rust source"
+            for n, labels in sorted(names.items()) if f'"{n}"' not in source]
+
+
 def check_readme(values: dict) -> list[str]:
     text = (REPO / "deploy" / "README.md").read_text()
     problems = [f"top-level value {k} not described" for k in values if f"`{k}" not in text]
@@ -900,7 +1257,8 @@ def main() -> int:
     crds = load_crds()
 
     helm.disable_logging()
-    for label, values in (("default values", None), ("values-istio.yaml", VARIANTS["istio"])):
+    for label, values in (("default values + image.repository", VARIANTS["default"]),
+                          ("values-istio.yaml + image.repository", VARIANTS["istio"])):
         lint = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_MIN}.0")
         problems = list(lint.get("errors") or [])
         problems += [f"{m['path']}: {m['error']}" for m in lint.get("messages", []) if m["severity"] >= 2]
@@ -920,6 +1278,11 @@ def main() -> int:
             "jwt.issuerr": {"jwt": {"issuerr": "x"}},
             "gateway.rateLimit.perMinute=0": {"gateway": {"rateLimit": {"perMinute": 0, "burst": 1}}},
             "gateway.corsOrigins=[shop.example]": {"gateway": {"corsOrigins": ["shop.example"]}},
+            "gateway.trustedProxies=[ingress.internal]": {"gateway": {"trustedProxies": ["ingress.internal"]}},
+            "gateway.trustedHops=-1": {"gateway": {"trustedHops": -1}},
+            "discovery.dnsRefreshSeconds=0": {"discovery": {"dnsRefreshSeconds": 0}},
+            "mtls.certManager.bootstrapCA.lifetime": {"mtls": {"certManager": {"bootstrapCA": {"lifetime": "1h"}}}},
+            "image.repository=ordermesh:1.0": {"image": {"repository": "ordermesh:1.0"}},
         }
         problems = []
         for label, bad in typos.items():
@@ -956,10 +1319,27 @@ def main() -> int:
             report.check(f"[{label}] non-root, read-only root fs, no capabilities, resources",
                          check_security(r))
             report.check(f"[{label}] environment follows the binary's contract", check_environment(r))
+            report.check(f"[{label}] clients find every replica: "
+                         + ("ClusterIP Services, the sidecar balances" if r.istio else
+                            "headless Services over ready pods, https endpoints by FQDN"),
+                         check_discovery(r))
             mode = r.values["mtls"]["mode"]
             report.check(f"[{label}] {mode} mTLS: sidecar label, endpoints, TLS mounts", check_mtls(r))
             report.check(f"[{label}] JWT signing key only in user-service", check_jwt(r))
             report.check(f"[{label}] DynamoDB tables hook Job", check_tables_job(r))
+
+        for label, (values, wanted) in MISSING.items():
+            problems = []
+            try:
+                chart.validate_schema(chart.merge_values(values))
+                render(chart, values)
+                problems.append("rendered, want a fail naming what to set")
+            except helm.HelmValuesError as e:
+                problems.append(f"refused by the schema, not by a fail that says what to set: {e}")
+            except helm.HelmError as e:
+                problems += [f"message lacks {w!r}: {e}" for w in wanted if w not in str(e)]
+            report.check(f"missing prerequisite fails the render, naming {', '.join(wanted)}: {label}",
+                         problems)
 
     if "istio" in rendered:
         check_istio(report, crds, rendered["istio"])
@@ -968,6 +1348,10 @@ def main() -> int:
               + "; ".join(sorted(UNEVALUATED_CEL)))
 
     report.check("Dockerfile and .dockerignore", check_dockerfile())
+    report.check("deploy/README.md lists every DynamoDB operation the store code calls, with its IAM "
+                 "actions in the services' or the tables Job's policy", check_iam_doc())
+    report.check("every ORDERMESH_* variable the chart sets is read by the binary",
+                 check_env_names_in_rust(rendered))
     report.check("deploy/README.md covers every top-level value and policy generation",
                  check_readme(yaml.safe_load((CHART / "values.yaml").read_text())))
 

@@ -21,7 +21,7 @@ user: user-service
 {{- end }}
 
 {{- define "ordermesh.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ required "image.repository is empty: set it to the repository you pushed the ordermesh image to (e.g. --set image.repository=registry.example.com/ordermesh); the project publishes no image, see deploy/README.md" .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
 {{/* Labels of every object; pass the root context or a role context (dict root role workload). */}}
@@ -75,4 +75,52 @@ app.kubernetes.io/component: {{ .workload }}
 
 {{- define "ordermesh.jwtSecretName" -}}
 {{- .Values.jwt.signingKey.secretName | default (printf "%s-jwt-signing-key" .Release.Name) -}}
+{{- end }}
+
+{{/* The issuer of the mesh certificates: issuerRef, or the chart's bootstrapped mesh CA. */}}
+{{- define "ordermesh.issuerRef" -}}
+{{- if .Values.mtls.certManager.issuerRef.name -}}
+{{- toYaml .Values.mtls.certManager.issuerRef -}}
+{{- else -}}
+name: {{ include "ordermesh.meshCAName" . }}
+kind: Issuer
+group: cert-manager.io
+{{- end -}}
+{{- end }}
+
+{{/* Name of the bootstrapped mesh CA: its Certificate, Secret and CA Issuer. */}}
+{{- define "ordermesh.meshCAName" -}}
+{{- printf "%s-mesh-ca" (include "ordermesh.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* The headless Service of a gRPC role: one DNS record per ready pod. Takes a role context. */}}
+{{- define "ordermesh.headlessName" -}}
+{{- printf "%s-headless" .workload -}}
+{{- end }}
+
+{{/*
+Refuses, at render time, values that cannot run, with the value to set. Rendered from
+templates/validate.yaml; renders nothing.
+*/}}
+{{- define "ordermesh.validate" -}}
+{{- $_ := include "ordermesh.image" . -}}
+{{- if eq .Values.mtls.mode "builtin" -}}
+{{- $missing := list -}}
+{{- $owners := dict -}}
+{{- range $role, $workload := include "ordermesh.roles" . | fromYaml -}}
+{{- $ctx := dict "root" $ "role" $role "workload" $workload -}}
+{{- $cfg := include "ordermesh.roleValues" $ctx | fromYaml -}}
+{{- if and (not $.Values.mtls.certManager.enabled) (not $cfg.tlsSecretName) -}}
+{{- $missing = append $missing $role -}}
+{{- end -}}
+{{- $secret := include "ordermesh.tlsSecretName" (merge (dict "cfg" $cfg) $ctx) -}}
+{{- if hasKey $owners $secret -}}
+{{- fail (printf "roles %s and %s both use the TLS Secret %q, but each role needs its own certificate (its URI SAN is the role's identity): set a different roles.<role>.tlsSecretName for each, and leave defaults.tlsSecretName empty" (get $owners $secret) $role $secret) -}}
+{{- end -}}
+{{- $_ := set $owners $secret $role -}}
+{{- end -}}
+{{- with $missing -}}
+{{- fail (printf "mtls.mode=builtin needs a mesh certificate for every role, and nothing creates one: set mtls.certManager.enabled=true (cert-manager issues them; the default), or name each role's existing Secret (keys ca.crt, tls.crt, tls.key) in roles.<role>.tlsSecretName (missing for: %s), or run under Istio (-f values-istio.yaml, mtls.mode=istio)" (join ", " .)) -}}
+{{- end -}}
+{{- end -}}
 {{- end }}
