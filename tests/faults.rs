@@ -19,14 +19,13 @@ use ordermesh_contracts::order::{
     GetProductRequest, Order, OrderItem, OrderState, Product,
 };
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
-use ordermesh_contracts::payment::{
-    DepositRequest, GetWalletRequest, ListTransactionsRequest, Transaction, TransactionKind,
-};
+use ordermesh_contracts::payment::{DepositRequest, TransactionKind};
 use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::identity::workloads;
 use ordermesh_platform::money::money;
 use ordermesh_platform::store::faults::{Faults, WriteFault};
 use ordermesh_platform::store::schema::StoreConfig;
+use ordermesh_tests::ledger::{all_transactions, assert_books_balance, balance};
 use ordermesh_tests::mesh::{RunningService, TestCerts, as_user, no_upstreams, with_roles};
 use ordermesh_tests::process::ServiceProcess;
 use tonic::Code;
@@ -98,91 +97,6 @@ async fn place(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("order never placed");
-}
-
-async fn all_transactions(certs: &TestCerts, payment: SocketAddr, user: &str) -> Vec<Transaction> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = wallets(certs, payment)
-            .list_transactions(as_user(
-                ListTransactionsRequest {
-                    page_size: 500,
-                    page_token: token.clone(),
-                    ..Default::default()
-                },
-                user,
-            ))
-            .await
-            .expect("list transactions")
-            .into_inner();
-        out.extend(page.transactions);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
-}
-
-async fn balance(certs: &TestCerts, payment: SocketAddr, user: &str) -> i64 {
-    wallets(certs, payment)
-        .get_wallet(as_user(GetWalletRequest::default(), user))
-        .await
-        .expect("wallet")
-        .into_inner()
-        .balances
-        .iter()
-        .find(|b| b.currency == "EUR")
-        .map_or(0, |b| b.amount_minor)
-}
-
-/// The money checks every fault scenario ends with, for one user.
-async fn assert_books_balance(
-    certs: &TestCerts,
-    payment: SocketAddr,
-    user: &str,
-    deposits: i64,
-    placed: &[Order],
-) {
-    let txs = all_transactions(certs, payment, user).await;
-    let mut charged: HashMap<&str, usize> = HashMap::new();
-    let mut charges = 0;
-    let mut refunds = 0;
-    for t in &txs {
-        let amount = t.amount.as_ref().map_or(0, |m| m.amount_minor);
-        if t.kind == TransactionKind::Charge as i32 {
-            *charged.entry(t.order.as_str()).or_default() += 1;
-            charges += amount.abs();
-        } else if t.kind == TransactionKind::Refund as i32 {
-            refunds += amount.abs();
-        }
-        let postings: i64 = t
-            .postings
-            .iter()
-            .map(|p| p.amount.as_ref().map_or(0, |m| m.amount_minor))
-            .sum();
-        assert_eq!(postings, 0, "transaction {} does not balance", t.name);
-    }
-    assert!(
-        charged.values().all(|n| *n == 1),
-        "an order was charged twice: {charged:?}"
-    );
-    let confirmed: Vec<&Order> = placed.iter().filter(|o| !o.payment.is_empty()).collect();
-    assert_eq!(
-        charged.len(),
-        confirmed.len(),
-        "exactly the orders that were paid for were charged"
-    );
-    let confirmed_total: i64 = confirmed
-        .iter()
-        .map(|o| o.total.as_ref().map_or(0, |m| m.amount_minor))
-        .sum();
-    assert_eq!(charges, confirmed_total);
-    assert_eq!(
-        balance(certs, payment, user).await,
-        deposits - charges + refunds,
-        "wallet = deposits − charges + refunds"
-    );
 }
 
 async fn settled(certs: &TestCerts, order: SocketAddr, user: &str, name: &str) -> Order {
@@ -305,7 +219,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
                 confirmed += 1;
             }
         }
-        assert_books_balance(&certs, payment_addr, u, FUNDS, placed).await;
+        assert_books_balance(&wallets(&certs, payment_addr), u, FUNDS, placed).await;
     }
     assert!(confirmed > 0, "funds were ample: orders confirm");
 
@@ -335,7 +249,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
         // Refunds settle asynchronously; wait (bounded) for the books to show them.
         let mut ok = false;
         for _ in 0..100 {
-            let txs = all_transactions(&certs, payment_addr, u).await;
+            let txs = all_transactions(&wallets(&certs, payment_addr), u).await;
             if txs.iter().any(|t| t.kind == TransactionKind::Refund as i32) {
                 ok = true;
                 break;
@@ -343,7 +257,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ok, "the refund for {u} landed");
-        assert_books_balance(&certs, payment_addr, u, FUNDS, &now).await;
+        assert_books_balance(&wallets(&certs, payment_addr), u, FUNDS, &now).await;
     }
 
     // Every order's creation and outcome reached the audit log exactly once.
@@ -461,9 +375,9 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     payment_faults.clear();
-    assert_eq!(balance(&certs, payment_addr, user).await, 0);
+    assert_eq!(balance(&wallets(&certs, payment_addr), user).await, 0);
     assert!(
-        all_transactions(&certs, payment_addr, user)
+        all_transactions(&wallets(&certs, payment_addr), user)
             .await
             .is_empty()
     );
@@ -472,7 +386,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         .deposit(deposit("dep-1"))
         .await
         .expect("retried deposit");
-    assert_eq!(balance(&certs, payment_addr, user).await, 10_000);
+    assert_eq!(balance(&wallets(&certs, payment_addr), user).await, 10_000);
 
     // A write that lands but whose answer is lost: the service's retry finds it done, and a
     // client's retry gets the same transaction; counted once either way.
@@ -495,7 +409,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         .expect("retried deposit")
         .into_inner();
     assert_eq!(again.name, first.name);
-    assert_eq!(balance(&certs, payment_addr, user).await, 20_000);
+    assert_eq!(balance(&wallets(&certs, payment_addr), user).await, 20_000);
 
     // Placement refused by the store: retryable, and no stock moved.
     order_faults.fail_writes(refusing("order#"));
@@ -517,7 +431,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         product.stock, 10_000,
         "no stock reserved by a failed placement"
     );
-    assert_eq!(balance(&certs, payment_addr, user).await, 20_000);
+    assert_eq!(balance(&wallets(&certs, payment_addr), user).await, 20_000);
 
     // The charge lands but its answer is lost: charged once, the order confirmed.
     payment_faults.fail_writes(WriteFault {
@@ -548,7 +462,13 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
     let placed = place(&orders(&certs, order_addr), user, order_of("A", 1, "o-3")).await;
     let second = settled(&certs, order_addr, user, &placed.name).await;
     assert_eq!(second.state, OrderState::Confirmed as i32, "{second:?}");
-    assert_books_balance(&certs, payment_addr, user, 20_000, &[first, second]).await;
+    assert_books_balance(
+        &wallets(&certs, payment_addr),
+        user,
+        20_000,
+        &[first, second],
+    )
+    .await;
 
     order.stop().await;
     payment.stop().await;

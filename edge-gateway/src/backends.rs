@@ -51,6 +51,26 @@ impl Default for Breaker {
     }
 }
 
+/// A status the backend sent travels in trailers and has no source; one with a source was
+/// made on this side from a transport failure: the connection closed or broke under the call
+/// (a replica that shut down or died mid-call), which tonic reports as UNKNOWN or CANCELLED.
+/// That is the backend being unavailable (retryable), or its deadline having passed.
+fn transport_failure_as_unavailable(s: Status, workload: &str) -> Status {
+    use std::error::Error as _;
+    let Some(source) = s.source() else {
+        return s;
+    };
+    if source.is::<tonic::TimeoutExpired>() {
+        return Status::deadline_exceeded(format!("{workload} did not answer in time"));
+    }
+    match s.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal => {
+            Status::unavailable(format!("{workload}: the connection failed: {source}"))
+        }
+        _ => s,
+    }
+}
+
 /// Failures that say the backend (not the request) is in trouble.
 fn is_backend_failure(s: &Status) -> bool {
     matches!(
@@ -196,7 +216,8 @@ impl Backends {
                         backend.workload,
                         self.deadline.as_millis()
                     )))
-                });
+                })
+                .map_err(|s| transport_failure_as_unavailable(s, backend.workload));
             match result {
                 Ok(bytes) => {
                     backend.breaker.record(true);
@@ -244,7 +265,9 @@ impl Backends {
             grpc.ready().await.map_err(|e| {
                 Status::unavailable(format!("{} is unavailable: {e}", backend.workload))
             })?;
-            grpc.server_streaming(req, path, RawCodec).await
+            grpc.server_streaming(req, path, RawCodec)
+                .await
+                .map_err(|s| transport_failure_as_unavailable(s, backend.workload))
         };
         // The deadline bounds opening the stream (not how long it then runs).
         let result = tokio::time::timeout(self.deadline, open)

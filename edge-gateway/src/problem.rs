@@ -61,7 +61,11 @@ impl Problem {
             Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let detail = match s.code() {
-            Code::Unknown | Code::Internal | Code::DataLoss => "internal error".to_string(),
+            Code::Unknown | Code::Internal | Code::DataLoss => {
+                // The client gets no internals; the operator gets them in the log.
+                tracing::warn!(code = ?s.code(), backend_message = %s.message(), "backend error");
+                "internal error".to_string()
+            }
             Code::Unavailable => "a backend service is unavailable; retry later".to_string(),
             Code::DeadlineExceeded => "a backend service did not answer in time".to_string(),
             _ => s.message().to_string(),

@@ -30,7 +30,7 @@ use ordermesh_user_service::{SigningKeys, UserServer, UserStore};
 use tokio::net::TcpListener;
 
 /// The roles `ordermesh serve` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Role {
     User,
     Order,

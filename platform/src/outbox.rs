@@ -187,43 +187,62 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Relay {
+    /// Sweeps every partition when this replica has written events (or after delivering or
+    /// failing), and otherwise looks at one partition per idle tick in turn, so events a dead
+    /// replica left behind are found within [`PARTITIONS`] ticks while an idle relay costs one
+    /// query a tick.
     async fn run(mut self, shutdown: Shutdown) {
         let mut failures = 0u32;
+        let mut sweep = true;
+        let mut next_idle = rand::rng().random_range(0..PARTITIONS);
         loop {
             if shutdown.is_triggered() {
                 return;
             }
-            let wait = match self.deliver_round().await {
+            let outcome = if sweep {
+                let start = rand::rng().random_range(0..PARTITIONS);
+                self.deliver((0..PARTITIONS).map(|i| (start + i) % PARTITIONS))
+                    .await
+            } else {
+                next_idle = (next_idle + 1) % PARTITIONS;
+                self.deliver(std::iter::once(next_idle)).await
+            };
+            let wait = match outcome {
                 Ok(0) => {
                     failures = 0;
+                    sweep = false;
                     IDLE_POLL
                 }
                 Ok(_) => {
                     failures = 0;
+                    sweep = true;
                     continue;
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    sweep = true;
                     let delay = backoff(failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
                     delay
                 }
             };
             tokio::select! {
-                _ = self.pending.notified(), if failures == 0 => {}
+                _ = self.pending.notified(), if failures == 0 => sweep = true,
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait() => return,
             }
         }
     }
 
-    /// Works every partition that has events and that no other replica is working, starting
-    /// at a random one so replicas spread out; returns how many events it delivered.
-    async fn deliver_round(&mut self) -> Result<usize, RelayError> {
-        let start = rand::rng().random_range(0..PARTITIONS);
+    /// Works each of `partitions` that has events and that no other replica is working;
+    /// returns how many events it delivered.
+    async fn deliver(
+        &mut self,
+        partitions: impl Iterator<Item = u32>,
+    ) -> Result<usize, RelayError> {
         let mut delivered = 0;
-        for offset in 0..PARTITIONS {
-            let pk = partition((start + offset) % PARTITIONS);
+        for index in partitions {
+            let pk = partition(index);
             let first = self.table.query(Query::partition(&pk).limit(BATCH)).await?;
             if first.items.is_empty() {
                 continue;

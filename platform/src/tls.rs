@@ -202,3 +202,85 @@ async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::CertDir;
+    use crate::identity::workloads;
+
+    fn issued() -> (tempfile::TempDir, CertDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        certs
+            .ensure(
+                "cluster.local",
+                "ordermesh",
+                &[workloads::AUDIT, workloads::ORDER],
+            )
+            .unwrap();
+        (dir, certs)
+    }
+
+    #[test]
+    fn a_certificate_with_another_workload_s_key_is_refused() {
+        let (_dir, certs) = issued();
+        let audit = certs.files_for(workloads::AUDIT);
+        let order = certs.files_for(workloads::ORDER);
+        assert!(MeshCredentials::load(&audit).is_ok());
+        let halfway = TlsFiles {
+            key: order.key,
+            ..audit
+        };
+        let err = MeshCredentials::load(&halfway).unwrap_err();
+        assert!(matches!(err, TlsError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_empty_bundle_is_refused() {
+        let (dir, certs) = issued();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let files = TlsFiles {
+            ca: empty,
+            ..certs.files_for(workloads::AUDIT)
+        };
+        assert!(MeshCredentials::load(&files).is_err());
+    }
+
+    #[tokio::test]
+    async fn changed_files_are_published_and_bad_ones_are_not() {
+        let (dir, certs) = issued();
+        // Work on copies, so the test can rewrite them.
+        let files = TlsFiles {
+            ca: dir.path().join("w-ca.pem"),
+            cert: dir.path().join("w-cert.pem"),
+            key: dir.path().join("w-key.pem"),
+        };
+        let audit = certs.files_for(workloads::AUDIT);
+        let order = certs.files_for(workloads::ORDER);
+        std::fs::copy(&audit.ca, &files.ca).unwrap();
+        std::fs::copy(&audit.cert, &files.cert).unwrap();
+        std::fs::copy(&audit.key, &files.key).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(MeshCredentials::load(&files).unwrap()));
+        let creds = ReloadingCredentials { current: rx };
+        let first = Pems::read(&files).unwrap();
+        tokio::spawn(follow(files.clone(), first, tx, Duration::from_millis(20)));
+        let mut changes = creds.changes();
+
+        // Half a rotation (a new certificate, the old key): not published.
+        std::fs::copy(&order.cert, &files.cert).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            !changes.has_changed().unwrap(),
+            "a mismatched pair is not used"
+        );
+
+        // The rotation completes: published.
+        std::fs::copy(&order.key, &files.key).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("published within 5 s")
+            .unwrap();
+    }
+}

@@ -45,13 +45,21 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 async fn send(
+    from: Option<std::net::IpAddr>,
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<tokio::net::TcpStream> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut stream = match from {
+        None => tokio::net::TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -99,7 +107,20 @@ pub async fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    let mut stream = send(addr, method, path, headers, body).await?;
+    try_request_from(None, addr, method, path, headers, body).await
+}
+
+/// Like [`try_request`], from the local address `from` (another loopback address stands for
+/// another client machine).
+pub async fn try_request_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = send(from, addr, method, path, headers, body).await?;
     let mut raw = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
@@ -166,7 +187,7 @@ impl StreamingResponse {
     /// Sends a GET and returns once the request is written.
     pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
         Self {
-            stream: send(addr, "GET", path, headers, b"")
+            stream: send(None, addr, "GET", path, headers, b"")
                 .await
                 .expect("send request"),
             raw: Vec::new(),

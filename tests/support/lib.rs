@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod http;
+pub mod ledger;
 pub mod local_mesh;
 pub mod mesh;
 pub mod moto;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use ordermesh::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
 use ordermesh_order_service::SagaSettings;
-use ordermesh_platform::certs::CertDir;
+use ordermesh_platform::certs::{CertDir, MeshCa, local_dns_names};
 use ordermesh_platform::client::{ChannelFactory, MeshChannel};
 use ordermesh_platform::config::{ListenConfig, MeshConfig, MtlsMode, TlsFiles};
-use ordermesh_platform::identity::workloads;
+use ordermesh_platform::identity::{WorkloadId, workloads};
 use ordermesh_platform::metrics::Metrics;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
@@ -54,6 +54,48 @@ impl TestCerts {
         }
     }
 
+    /// Rotates every workload's certificate to one from a new CA, the way a CA rotation rolls
+    /// out: the bundle trusts both CAs, then each certificate is replaced, then only the new
+    /// CA is trusted; `settle` passes after each step (the processes' reload interval and
+    /// more). Files are replaced the way a Secret update lands: written aside, renamed in.
+    pub async fn rotate_to_new_ca(&self, settle: Duration) -> MeshCa {
+        let old_ca = std::fs::read_to_string(self.certs.ca_cert()).expect("old CA");
+        let new_ca = MeshCa::generate("ordermesh rotated mesh CA").expect("new CA");
+        replace_file(
+            &self.certs.ca_cert(),
+            &format!("{old_ca}{}", new_ca.pem.cert_pem),
+        );
+        tokio::time::sleep(settle).await;
+        for workload in workloads::ALL {
+            let id = WorkloadId::new(TRUST_DOMAIN, NAMESPACE, workload);
+            let pair = new_ca
+                .issue_for_days(&id, &local_dns_names(workload), 30)
+                .expect("issue");
+            let files = self.files(workload);
+            // Key first, then certificate: a reader in between sees a mismatched pair and
+            // keeps what it has until its next look.
+            replace_file(&files.key, &pair.key_pem);
+            replace_file(&files.cert, &pair.cert_pem);
+        }
+        tokio::time::sleep(settle).await;
+        replace_file(&self.certs.ca_cert(), &new_ca.pem.cert_pem);
+        tokio::time::sleep(settle).await;
+        new_ca
+    }
+
+    /// A copy of the current files, to act later as a workload that missed a rotation.
+    pub fn snapshot(&self) -> TestCerts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for entry in std::fs::read_dir(&self.certs.dir)
+            .expect("cert dir")
+            .flatten()
+        {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+        }
+        let certs = CertDir::new(dir.path());
+        TestCerts { _dir: dir, certs }
+    }
+
     /// A channel presenting `as_workload`'s certificate to the `target` workload at `addr`.
     pub fn channel(&self, as_workload: &str, target: &str, addr: SocketAddr) -> MeshChannel {
         ChannelFactory::new(&self.mesh_config(as_workload), Arc::new(Metrics::new()))
@@ -61,6 +103,12 @@ impl TestCerts {
             .channel(target, &format!("https://{addr}"))
             .expect("channel")
     }
+}
+
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
 }
 
 /// No upstreams: for roles that call nobody.
