@@ -109,6 +109,37 @@ async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
         "an open circuit answers at once"
     );
 
+    // One backend down takes neither the gateway out of rotation nor the other routes down;
+    // the admin port shows which backend is in trouble.
+    let ready = gateway.anonymous().get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(
+        api.get("/v1/users/me").await.status,
+        200,
+        "user routes still work"
+    );
+    let health = gateway.admin_port().get("/health/backends").await;
+    assert_eq!(health.status, 200);
+    let health = health.json();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        health["backends"]["payment-service"]["status"], "unavailable",
+        "{health}"
+    );
+    assert_eq!(
+        health["backends"]["payment-service"]["circuit"], "open",
+        "{health}"
+    );
+    assert_eq!(
+        health["backends"]["user-service"]["status"], "serving",
+        "{health}"
+    );
+    assert_eq!(
+        gateway.anonymous().get("/metrics").await.status,
+        404,
+        "metrics are admin-only"
+    );
+
     // Back on the same address; after the cool-down a trial call closes the circuit.
     let payment = payment_returns(&certs, dirs[2].path(), payment_addr, with_audit, &api).await;
 

@@ -46,16 +46,20 @@ impl From<StoreError> for Status {
         let code = match &e {
             StoreError::ConditionFailed { .. } | StoreError::Conflict => Code::Aborted,
             StoreError::Unavailable(_) => Code::Unavailable,
-            StoreError::InvalidCursor => Code::InvalidArgument,
-            StoreError::InvalidKey(_)
-            | StoreError::InvalidBatch(_)
-            | StoreError::InvalidQuery(_) => Code::InvalidArgument,
+            StoreError::InvalidCursor | StoreError::InvalidKey(_) => Code::InvalidArgument,
+            // A batch or query the store refuses is this code's mistake, not the caller's.
+            StoreError::InvalidBatch(_) | StoreError::InvalidQuery(_) | StoreError::Backend(_) => {
+                Code::Internal
+            }
             StoreError::Corrupt(_) => Code::DataLoss,
-            StoreError::Backend(_) => Code::Internal,
         };
-        match code {
-            // Do not leak backend details to callers; they are in the logs.
-            Code::Internal | Code::DataLoss => {
+        match &e {
+            // Do not leak store details to callers; they are in the logs.
+            StoreError::InvalidKey(_) => {
+                tracing::debug!(error = %e, "refused a key");
+                Status::new(code, "a name or identifier in the request is not valid")
+            }
+            _ if matches!(code, Code::Internal | Code::DataLoss) => {
                 tracing::error!(error = %e, "store error");
                 Status::new(code, "storage error")
             }
