@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use ordermesh_platform::config::{ConfigError, env_opt, env_or};
 
+use ordermesh_platform::admission::AdmissionLimits;
+use ordermesh_platform::http_server::HttpSettings;
+
 use crate::client_addr::TrustedProxies;
 use crate::limits::Limit;
 
@@ -15,6 +18,9 @@ pub struct GatewayConfig {
     pub admin_addr: Option<SocketAddr>,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
+    /// Connection hygiene of the public listener (head deadline, connection caps; trusted
+    /// proxies are exempt from the per-address cap).
+    pub http: HttpSettings,
     /// Deadline of each backend call.
     pub deadline: Duration,
     /// Largest request body accepted.
@@ -33,6 +39,7 @@ impl Default for GatewayConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: None,
             trusted_proxies: TrustedProxies::default(),
+            http: HttpSettings::default(),
             deadline: Duration::from_secs(5),
             body_limit: 1024 * 1024,
             cors_origins: Vec::new(),
@@ -56,7 +63,8 @@ impl GatewayConfig {
     /// `ORDERMESH_RATE_LIMIT_BURST`, `ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE`,
     /// `ORDERMESH_ACCOUNT_RATE_LIMIT_BURST`, `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`,
     /// `ORDERMESH_ADMIN_ADDR`, `ORDERMESH_TRUSTED_PROXIES` (comma-separated addresses or
-    /// CIDRs), `ORDERMESH_TRUSTED_HOPS`.
+    /// CIDRs), `ORDERMESH_TRUSTED_HOPS`, `ORDERMESH_HTTP_HEADER_TIMEOUT_MS`,
+    /// `ORDERMESH_MAX_CONNECTIONS`, `ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let origins: String = env_or("ORDERMESH_CORS_ORIGINS", String::new())?;
@@ -69,6 +77,23 @@ impl GatewayConfig {
         Ok(Self {
             http_addr: env_or("ORDERMESH_HTTP_ADDR", d.http_addr)?,
             admin_addr: env_opt("ORDERMESH_ADMIN_ADDR")?,
+            http: HttpSettings::new(
+                Duration::from_millis(env_or(
+                    "ORDERMESH_HTTP_HEADER_TIMEOUT_MS",
+                    d.http.header_timeout.as_millis() as u64,
+                )?),
+                AdmissionLimits {
+                    max_connections: env_or(
+                        "ORDERMESH_MAX_CONNECTIONS",
+                        AdmissionLimits::for_this_process().max_connections,
+                    )?,
+                    max_per_address: env_or(
+                        "ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS",
+                        AdmissionLimits::for_this_process().max_per_address,
+                    )?,
+                    exempt: cidrs.clone(),
+                },
+            ),
             trusted_proxies: TrustedProxies {
                 cidrs,
                 hops: env_or("ORDERMESH_TRUSTED_HOPS", 0usize)?,

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use ordermesh_contracts::options::Audience;
+use ordermesh_platform::admission::AdmissionLimits;
+use ordermesh_platform::http_server::{HttpSettings, serve_http};
 use ordermesh_platform::jwt::AccessClaims;
 use ordermesh_platform::metrics::Metrics;
-use ordermesh_platform::net::http_listener;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::telemetry;
 use ordermesh_platform::user_context::{ROLE_ADMIN, UserContext};
@@ -182,10 +183,17 @@ impl Gateway {
                 tracing::info!(addr = %admin.local_addr()?, "edge gateway admin endpoints listening");
                 let app = self.clone().admin_router();
                 let shutdown = shutdown.clone();
+                // Its own caps: a flood on the public port cannot lock operators out.
+                let settings = HttpSettings::new(
+                    self.config.http.header_timeout,
+                    AdmissionLimits {
+                        max_connections: 256,
+                        max_per_address: 64,
+                        exempt: Vec::new(),
+                    },
+                );
                 Some(tokio::spawn(async move {
-                    axum::serve(http_listener(admin), app)
-                        .with_graceful_shutdown(shutdown.wait())
-                        .await
+                    serve_http(admin, app, settings, shutdown.wait()).await
                 }))
             }
             None => None,
@@ -202,12 +210,12 @@ impl Gateway {
                 }
             }
         });
-        let result = axum::serve(
-            http_listener(listener),
-            self.router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
+        let result = serve_http(
+            listener,
+            self.clone().router(),
+            self.config.http.clone(),
+            shutdown.wait(),
         )
-        .with_graceful_shutdown(shutdown.wait())
         .await;
         sweeper.abort();
         if let Some(admin) = admin_task {

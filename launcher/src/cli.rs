@@ -110,6 +110,11 @@ fn return_large_blocks_to_the_system() {}
 /// Parses the command line and runs it; what `fn main` of every `ordermesh` binary calls.
 pub fn main() -> ExitCode {
     return_large_blocks_to_the_system();
+    // Every connection costs a descriptor; the usual soft limit (1,024) is a denial of service
+    // waiting to happen, and only the process itself may raise it to the hard limit.
+    if let Err(e) = ordermesh_platform::fd_limit::raise_to_hard_limit() {
+        eprintln!("ordermesh: could not raise the open-files limit: {e}");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

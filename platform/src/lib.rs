@@ -2,10 +2,13 @@
 //! per-method authorization, telemetry (logs, traces, metrics) and the gRPC server and
 //! client builders. Services and the gateway build on this; it knows only the contracts.
 
+pub mod admission;
 pub mod authz;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod fd_limit;
+pub mod http_server;
 pub mod identity;
 pub mod istio_policy;
 pub mod jwt;

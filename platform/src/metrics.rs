@@ -151,9 +151,15 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(crate::net::http_listener(listener), router(metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let settings = crate::http_server::HttpSettings::new(
+        crate::http_server::HttpSettings::DEFAULT_HEADER_TIMEOUT,
+        crate::admission::AdmissionLimits {
+            max_connections: 256,
+            max_per_address: 64,
+            exempt: Vec::new(),
+        },
+    );
+    crate::http_server::serve_http(listener, router(metrics), settings, shutdown).await
 }
 
 /// Binds the metrics listener.

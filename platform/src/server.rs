@@ -16,6 +16,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower::Service;
 
+use crate::admission::{Admission, AdmissionLimits};
 use crate::authz::{AuthzLayer, AuthzPolicy};
 use crate::config::MeshConfig;
 use crate::metrics::Metrics;
@@ -120,7 +121,12 @@ impl GrpcServer {
             }
             crate::config::MtlsMode::Istio => None,
         };
-        let builder = Server::builder();
+        // Dead peers are found by HTTP/2 pings; silent and handshake-less connections are
+        // closed by the incoming streams; connection caps per process and per address.
+        let builder = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        let admission = Admission::new(AdmissionLimits::for_this_process());
         let policy = AuthzPolicy {
             trust_domain: self.mesh.trust_domain.clone(),
             namespace: self.mesh.namespace.clone(),
@@ -152,13 +158,13 @@ impl GrpcServer {
             Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
         > = match credentials {
             Some(credentials) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::net::tls_incoming(listeners.grpc, credentials),
+                crate::net::tls_incoming(listeners.grpc, credentials, admission),
                 drain,
             )),
-            None => Box::pin(
-                router
-                    .serve_with_incoming_shutdown(crate::net::grpc_incoming(listeners.grpc), drain),
-            ),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                crate::net::grpc_incoming(listeners.grpc, admission),
+                drain,
+            )),
         };
 
         let mut side_tasks = tokio::task::JoinSet::new();
@@ -169,7 +175,14 @@ impl GrpcServer {
                 Server::builder()
                     .add_service(health)
                     .serve_with_incoming_shutdown(
-                        crate::net::grpc_incoming(listener),
+                        crate::net::grpc_incoming(
+                            listener,
+                            Admission::new(AdmissionLimits {
+                                max_connections: 64,
+                                max_per_address: 16,
+                                exempt: Vec::new(),
+                            }),
+                        ),
                         shutdown.wait(),
                     )
                     .await
