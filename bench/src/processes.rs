@@ -153,7 +153,11 @@ impl Mesh {
             .env("ORDERMESH_RATE_LIMIT_PER_MINUTE", per_minute.to_string())
             .env("ORDERMESH_RATE_LIMIT_BURST", burst.to_string())
             .env("ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE", "600000000")
-            .env("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", "10000000");
+            .env("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", "10000000")
+            // Every load generator here is one client address on loopback, and (5) holds its
+            // idle keep-alives open for the length of a measurement.
+            .env("ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS", "100000")
+            .env("ORDERMESH_HTTP_HEADER_TIMEOUT_MS", "600000");
         processes.push(Proc::spawn(workloads::GATEWAY, c, &logs)?);
         Ok(Self {
             processes,
