@@ -154,6 +154,8 @@ impl Mesh {
             .env("ORDERMESH_RATE_LIMIT_BURST", burst.to_string())
             .env("ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE", "600000000")
             .env("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", "10000000")
+            .env("ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE", "600000000")
+            .env("ORDERMESH_ADDRESS_RATE_LIMIT_BURST", "10000000")
             // Every load generator here is one client address on loopback, and (5) holds its
             // idle keep-alives open for the length of a measurement.
             .env("ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS", "100000")

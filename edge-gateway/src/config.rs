@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     pub rate_default: Limit,
     pub rate_account: Limit,
+    /// Every request, per client address, before authentication.
+    pub rate_address: Limit,
     pub jwt_issuer: String,
     pub jwt_audience: String,
 }
@@ -51,6 +53,10 @@ impl Default for GatewayConfig {
                 per_minute: 30,
                 burst: 10,
             },
+            rate_address: Limit {
+                per_minute: 1200,
+                burst: 200,
+            },
             jwt_issuer: ordermesh_platform::jwt::DEFAULT_ISSUER.into(),
             jwt_audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
         }
@@ -64,7 +70,8 @@ impl GatewayConfig {
     /// `ORDERMESH_ACCOUNT_RATE_LIMIT_BURST`, `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`,
     /// `ORDERMESH_ADMIN_ADDR`, `ORDERMESH_TRUSTED_PROXIES` (comma-separated addresses or
     /// CIDRs), `ORDERMESH_TRUSTED_HOPS`, `ORDERMESH_HTTP_HEADER_TIMEOUT_MS`,
-    /// `ORDERMESH_MAX_CONNECTIONS`, `ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS`.
+    /// `ORDERMESH_MAX_CONNECTIONS`, `ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS`,
+    /// `ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE`, `ORDERMESH_ADDRESS_RATE_LIMIT_BURST`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let origins: String = env_or("ORDERMESH_CORS_ORIGINS", String::new())?;
@@ -116,6 +123,13 @@ impl GatewayConfig {
                     d.rate_account.per_minute,
                 )?,
                 burst: env_or("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", d.rate_account.burst)?,
+            },
+            rate_address: Limit {
+                per_minute: env_or(
+                    "ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE",
+                    d.rate_address.per_minute,
+                )?,
+                burst: env_or("ORDERMESH_ADDRESS_RATE_LIMIT_BURST", d.rate_address.burst)?,
             },
             jwt_issuer: env_or("ORDERMESH_JWT_ISSUER", d.jwt_issuer)?,
             jwt_audience: env_or("ORDERMESH_JWT_AUDIENCE", d.jwt_audience)?,

@@ -1,5 +1,6 @@
-//! Rate limits: token buckets (governor) per signed-in user, or per client address when
-//! anonymous, with a stricter class for the account endpoints (login, register, refresh).
+//! Rate limits: token buckets (governor) per client address, taken before authentication on
+//! every request (so bad tokens and refused admins cost their sender too), a stricter one per
+//! address for the account endpoints (login, register, refresh), and one per signed-in user.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -17,6 +18,17 @@ type Keyed =
 pub struct Limit {
     pub per_minute: u32,
     pub burst: u32,
+}
+
+/// Which bucket a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Every request, by client address, before authentication.
+    Address,
+    /// Login, registration, token refresh, by client address: stricter.
+    Account,
+    /// Signed-in requests, by user.
+    User,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +50,7 @@ pub struct Budget {
 pub struct RateLimits {
     default: (Keyed, Limit),
     account: (Keyed, Limit),
+    address: (Keyed, Limit),
     clock: DefaultClock,
 }
 
@@ -49,19 +62,23 @@ fn limiter(l: Limit) -> Keyed {
 }
 
 impl RateLimits {
-    pub fn new(default: Limit, account: Limit) -> Self {
+    /// `default` per user, `account` per address on account routes, `address` per address
+    /// on every request.
+    pub fn new(default: Limit, account: Limit, address: Limit) -> Self {
         Self {
             default: (limiter(default), default),
             account: (limiter(account), account),
+            address: (limiter(address), address),
             clock: DefaultClock::default(),
         }
     }
 
     /// Takes one token for `key`; `Err` carries the budget with the wait in `reset`.
-    pub fn check(&self, class: RouteClass, key: &str) -> Result<Budget, Budget> {
-        let (limiter, limit) = match class {
-            RouteClass::Account => &self.account,
-            RouteClass::Default => &self.default,
+    pub fn check(&self, bucket: Bucket, key: &str) -> Result<Budget, Budget> {
+        let (limiter, limit) = match bucket {
+            Bucket::Account => &self.account,
+            Bucket::User => &self.default,
+            Bucket::Address => &self.address,
         };
         match limiter.check_key(&key.to_string()) {
             Ok(snapshot) => Ok(Budget {
@@ -84,6 +101,7 @@ impl RateLimits {
     pub fn sweep(&self) {
         self.default.0.retain_recent();
         self.account.0.retain_recent();
+        self.address.0.retain_recent();
     }
 }
 
@@ -102,25 +120,26 @@ mod tests {
                 per_minute: 6,
                 burst: 1,
             },
+            Limit {
+                per_minute: 600,
+                burst: 100,
+            },
         );
         for expected in [2, 1, 0] {
             assert_eq!(
-                limits
-                    .check(RouteClass::Default, "user:a")
-                    .unwrap()
-                    .remaining,
+                limits.check(Bucket::User, "user:a").unwrap().remaining,
                 expected
             );
         }
-        let denied = limits.check(RouteClass::Default, "user:a").unwrap_err();
+        let denied = limits.check(Bucket::User, "user:a").unwrap_err();
         assert!(denied.reset >= 1 && denied.reset <= 2, "{denied:?}");
         assert!(
-            limits.check(RouteClass::Default, "user:b").is_ok(),
+            limits.check(Bucket::User, "user:b").is_ok(),
             "keys are independent"
         );
-        assert!(limits.check(RouteClass::Account, "ip:1").is_ok());
+        assert!(limits.check(Bucket::Account, "ip:1").is_ok());
         assert!(
-            limits.check(RouteClass::Account, "ip:1").is_err(),
+            limits.check(Bucket::Account, "ip:1").is_err(),
             "the account class is stricter"
         );
     }

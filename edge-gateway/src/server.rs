@@ -32,7 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::auth::{AuthError, Verifier};
 use crate::backends::Backends;
 use crate::config::GatewayConfig;
-use crate::limits::{Budget, RateLimits, RouteClass};
+use crate::limits::{Bucket, Budget, RateLimits, RouteClass};
 use crate::problem::Problem;
 use crate::routes::{self, Resolved, Route};
 use crate::transcode::{self, TranscodeError};
@@ -96,7 +96,11 @@ impl Gateway {
             routes,
             backends,
             verifier,
-            limits: RateLimits::new(config.rate_default, config.rate_account),
+            limits: RateLimits::new(
+                config.rate_default,
+                config.rate_account,
+                config.rate_address,
+            ),
             metrics,
             requests,
             durations,
@@ -293,6 +297,17 @@ impl Gateway {
     ) -> Result<Response, Problem> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
+        let resolved = routes::resolve(&self.routes, &parts.method, &path);
+        // Every request draws on its sender's address first, whatever it then turns out to
+        // be (a bad token, a refused admin call, an unknown route), so none of them is free.
+        let client = self.config.trusted_proxies.client_ip(peer, &parts.headers);
+        let address_bucket = match &resolved {
+            Resolved::Found(route, _) if Self::route_class(route) == RouteClass::Account => {
+                Bucket::Account
+            }
+            _ => Bucket::Address,
+        };
+        let address_budget = self.limit(address_bucket, &format!("ip:{client}"))?;
         if path == "/v1/me/overview" {
             if parts.method != Method::GET {
                 return Err(Problem::new(
@@ -303,18 +318,14 @@ impl Gateway {
                 .with_header(header::ALLOW, "GET"));
             }
             let claims = self.authenticate(&parts.headers, Audience::User).await?;
-            let key = claims
-                .as_ref()
-                .map(|c| format!("user:{}", c.sub))
-                .unwrap_or_default();
-            let budget = self.limit(RouteClass::Default, &key)?;
+            let budget = self.user_limit(claims.as_ref(), address_budget)?;
             let metadata = self.metadata(request_id, claims.as_ref())?;
             let body = crate::overview::overview(&self.backends, &metadata).await?;
             let mut res = axum::Json(body).into_response();
             budget_headers(&mut res, &budget);
             return Ok(res);
         }
-        let (route, bindings) = match routes::resolve(&self.routes, &parts.method, &path) {
+        let (route, bindings) = match resolved {
             Resolved::Found(r, b) => (r, b),
             Resolved::WrongMethod(allowed) => {
                 let allow = allowed
@@ -347,15 +358,10 @@ impl Gateway {
         let claims = self
             .authenticate(&parts.headers, route.rpc.audience)
             .await?;
-        let class = Self::route_class(route);
-        let key = match (&claims, class) {
-            (Some(c), RouteClass::Default) => format!("user:{}", c.sub),
-            _ => format!(
-                "ip:{}",
-                self.config.trusted_proxies.client_ip(peer, &parts.headers)
-            ),
+        let budget = match Self::route_class(route) {
+            RouteClass::Account => address_budget,
+            RouteClass::Default => self.user_limit(claims.as_ref(), address_budget)?,
         };
-        let budget = self.limit(class, &key)?;
 
         let body = axum::body::to_bytes(body, self.config.body_limit)
             .await
@@ -423,8 +429,26 @@ impl Gateway {
         Ok(res)
     }
 
-    fn limit(&self, class: RouteClass, key: &str) -> Result<Budget, Problem> {
-        self.limits.check(class, key).map_err(|b| {
+    /// The signed-in caller's own bucket; the budget reported is the tighter of it and the
+    /// address's. Anonymous callers have only the address's.
+    fn user_limit(
+        &self,
+        claims: Option<&AccessClaims>,
+        address_budget: Budget,
+    ) -> Result<Budget, Problem> {
+        let Some(claims) = claims else {
+            return Ok(address_budget);
+        };
+        let user = self.limit(Bucket::User, &format!("user:{}", claims.sub))?;
+        Ok(if user.remaining <= address_budget.remaining {
+            user
+        } else {
+            address_budget
+        })
+    }
+
+    fn limit(&self, bucket: Bucket, key: &str) -> Result<Budget, Problem> {
+        self.limits.check(bucket, key).map_err(|b| {
             let mut p = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",

@@ -319,6 +319,9 @@ impl BoundService {
         let config = &self.config;
         let channels = ChannelFactory::new(&config.mesh, metrics.clone())?;
         let server = GrpcServer::new(config.mesh.clone(), metrics);
+        // Background work (outbox relays, the re-driver): stopped and awaited before this
+        // returns, so a stopped role holds its store no longer (a restart reopens it).
+        let mut background = Vec::new();
         let server = match self.role {
             Role::Gateway => return Err(RoleError::NotGrpc),
             Role::Audit => {
@@ -333,7 +336,7 @@ impl BoundService {
                 let audit = AuditServiceClient::new(
                     channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
                 );
-                outbox.spawn_relay(table.clone(), audit, shutdown.clone());
+                background.push(outbox.spawn_relay(table.clone(), audit, shutdown.clone()));
                 let payment = PaymentServiceClient::new(
                     channels.channel(workloads::PAYMENT, &config.upstreams.payment)?,
                 );
@@ -354,7 +357,7 @@ impl BoundService {
                     outbox,
                     config.saga.clone(),
                 );
-                saga.spawn_redriver(shutdown.clone());
+                background.push(saga.spawn_redriver(shutdown.clone()));
                 server
                     .add_service(CatalogServer::new(catalog).into_service())
                     .add_service(OrderServer::new(saga).into_service())
@@ -365,7 +368,7 @@ impl BoundService {
                 let audit = AuditServiceClient::new(
                     channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
                 );
-                outbox.spawn_relay(table.clone(), audit, shutdown.clone());
+                background.push(outbox.spawn_relay(table.clone(), audit, shutdown.clone()));
                 server.add_service(PaymentServer::new(Wallets::new(table, outbox)).into_service())
             }
             Role::User => {
@@ -374,7 +377,7 @@ impl BoundService {
                 let audit = AuditServiceClient::new(
                     channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
                 );
-                outbox.spawn_relay(table.clone(), audit, shutdown.clone());
+                background.push(outbox.spawn_relay(table.clone(), audit, shutdown.clone()));
                 let keys = signing_keys(config)?;
                 let tokens = TokenConfig {
                     issuer: config.jwt.issuer.clone(),
@@ -391,10 +394,25 @@ impl BoundService {
                 server.add_service(users.into_service())
             }
         };
-        server.serve(self.listeners, shutdown).await?;
+        let served = server.serve(self.listeners, shutdown.clone()).await;
+        shutdown.trigger();
+        for mut task in background {
+            // Each stops at its next pause; one in the middle of a call gets that call's time.
+            if tokio::time::timeout(BACKGROUND_STOP, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        served?;
         Ok(())
     }
 }
+
+/// How long background work gets to stop after the server has.
+const BACKGROUND_STOP: std::time::Duration = std::time::Duration::from_secs(6);
 
 fn read_key(path: &std::path::Path) -> Result<String, RoleError> {
     std::fs::read_to_string(path).map_err(|source| {

@@ -1,0 +1,115 @@
+//! Per-address limits come before authentication and cover every answer: a sender of bad
+//! tokens, or of calls it is refused, spends its own address's budget and gets 429 like
+//! anyone else, while other addresses keep theirs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ordermesh::roles::{Role, Upstreams};
+use ordermesh_edge_gateway::GatewayConfig;
+use ordermesh_edge_gateway::limits::Limit;
+use ordermesh_tests::gateway::{RunningGateway, user_service_with_admin};
+use ordermesh_tests::http::try_request_from;
+use ordermesh_tests::mesh::{RunningService, TestCerts};
+
+const BURST: u32 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_refused_calls_are_rate_limited_per_address() {
+    let certs = TestCerts::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
+    let at = |a: SocketAddr| format!("https://{a}");
+    let gateway = RunningGateway::start(
+        &certs,
+        &Upstreams {
+            user: at(user.grpc_addr),
+            order: at(audit.grpc_addr),
+            payment: at(audit.grpc_addr),
+            audit: at(audit.grpc_addr),
+        },
+        GatewayConfig {
+            rate_address: Limit {
+                per_minute: 6,
+                burst: BURST,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let forger = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 41));
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 42));
+    // A token with a kid nobody issued: each one costs the gateway a key lookup.
+    let forged = "Bearer eyJhbGciOiJFZERTQSIsImtpZCI6Im5vLXN1Y2gta2V5IiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.c2ln";
+    let mut statuses = Vec::new();
+    for _ in 0..(BURST + 5) {
+        let r = try_request_from(
+            Some(forger),
+            gateway.addr,
+            "GET",
+            "/v1/users/me",
+            &[("authorization", forged)],
+            b"",
+        )
+        .await
+        .unwrap();
+        if r.status == 429 {
+            assert!(r.header("retry-after").is_some(), "429 says when to retry");
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        BURST as usize,
+        "the burst is spent on 401s: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().skip(BURST as usize).all(|s| *s == 429),
+        "{statuses:?}"
+    );
+
+    // Another address has its own budget.
+    let r = try_request_from(
+        Some(other),
+        gateway.addr,
+        "GET",
+        "/v1/users/me",
+        &[("authorization", forged)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+
+    // A signed-in user refused an admin route spends its address's budget too.
+    let user_api = gateway.new_user("limits@example.com").await;
+    let token = format!("Bearer {}", user_api.token.clone().unwrap());
+    let caller = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 43));
+    let mut refused = Vec::new();
+    for _ in 0..(BURST + 3) {
+        let r = try_request_from(
+            Some(caller),
+            gateway.addr,
+            "GET",
+            "/v1/audit:verify",
+            &[("authorization", &token)],
+            b"",
+        )
+        .await
+        .unwrap();
+        refused.push(r.status);
+    }
+    assert_eq!(
+        refused.iter().filter(|s| **s == 403).count(),
+        BURST as usize,
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().skip(BURST as usize).all(|s| *s == 429),
+        "{refused:?}"
+    );
+    gateway.stop().await;
+    user.stop().await;
+    audit.stop().await;
+}
