@@ -486,6 +486,41 @@ async fn every_mistake_gets_its_documented_answer() {
     assert_eq!(traced.header("x-request-id"), Some("my-id-42"));
     assert_eq!(traced.header("x-content-type-options"), Some("nosniff"));
     assert!(traced.header("ratelimit-remaining").is_some());
+    // ...every response: a CORS preflight, the gateway's own endpoints, a refused request.
+    for (method, path, headers) in [
+        (
+            "OPTIONS",
+            "/v1/products",
+            vec![
+                ("origin", "https://elsewhere.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        ),
+        ("GET", "/healthz", vec![]),
+        ("GET", "/readyz", vec![]),
+        ("GET", "/openapi.json", vec![]),
+        ("GET", "/no/such/route", vec![]),
+    ] {
+        let res = request(mesh.gateway, method, path, &headers, b"").await;
+        assert!(
+            res.header("x-request-id").is_some_and(|v| !v.is_empty()),
+            "{method} {path}: no request id"
+        );
+        assert_eq!(
+            res.header("x-content-type-options"),
+            Some("nosniff"),
+            "{method} {path}: no security headers"
+        );
+    }
+
+    // A name the store cannot hold gets a plain 400, not the store's own words.
+    let odd = bo.get("/v1/orders/%00").await;
+    assert_eq!(odd.status, 400, "{}", odd.text());
+    assert!(
+        !odd.text().contains("NUL") && !odd.text().contains("bytes"),
+        "{}",
+        odd.text()
+    );
 
     // The OpenAPI document is served and describes the routes served.
     let doc = anon.get("/openapi.json").await.json();

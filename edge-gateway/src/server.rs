@@ -19,7 +19,7 @@ use ordermesh_platform::jwt::AccessClaims;
 use ordermesh_platform::metrics::Metrics;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::telemetry;
-use ordermesh_platform::user_context::{ROLE_ADMIN, UserContext};
+use ordermesh_platform::user_context::UserContext;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -145,9 +145,11 @@ impl Gateway {
             .route("/openapi.json", axum::routing::get(openapi_json))
             .fallback(handle)
             .with_state(self)
-            .layer(axum::middleware::map_response(security_headers))
             .layer(cors)
             .layer(tower_http::compression::CompressionLayer::new().gzip(true))
+            // Outermost, so CORS preflights and the gateway's own endpoints carry them too.
+            .layer(axum::middleware::map_response(security_headers))
+            .layer(axum::middleware::from_fn(request_id))
     }
 
     /// The admin application: Prometheus metrics and each backend's state. Never exposed
@@ -279,7 +281,9 @@ impl Gateway {
             }
             Err(e) => return Err(unauthorized(e)),
         };
-        if needed == Audience::Admin && !claims.roles.iter().any(|r| r == ROLE_ADMIN) {
+        // Roles as the services will read them (one encoding, one decoder).
+        let caller = UserContext::new(claims.sub.as_str(), &claims.roles);
+        if needed == Audience::Admin && !caller.is_admin() {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "permission-denied",
@@ -473,18 +477,15 @@ impl Gateway {
             md.insert(REQUEST_ID, v);
         }
         if let Some(c) = claims {
-            UserContext {
-                user_id: c.sub.clone(),
-                roles: c.roles.clone(),
-            }
-            .inject(&mut md)
-            .map_err(|_| {
-                Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "the token's subject is not usable",
-                )
-            })?;
+            UserContext::new(c.sub.as_str(), &c.roles)
+                .inject(&mut md)
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "the token's subject is not usable",
+                    )
+                })?;
         }
         Ok(md)
     }
@@ -565,6 +566,26 @@ fn stream_response(
     let mut res = Response::new(Body::from_stream(body));
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+/// Every request gets an id (the client's, when sane) before anything else sees it, and every
+/// response carries it back.
+async fn request_id(mut req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .and_then(|v| HeaderValue::from_str(v).ok())
+        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
+    if let Some(id) = &id {
+        req.headers_mut().insert(REQUEST_ID, id.clone());
+    }
+    let mut res = next.run(req).await;
+    if let Some(id) = id {
+        res.headers_mut().insert(REQUEST_ID, id);
+    }
     res
 }
 

@@ -28,6 +28,10 @@ pub enum IdentityError {
     NoSpiffeId,
     #[error("forwarded client certificate header carries no URI")]
     NoForwardedUri,
+    #[error("forwarded client certificate header carries several URIs in its last element")]
+    SeveralForwardedUris,
+    #[error("forwarded client certificate header is malformed: {0}")]
+    BadForwardedHeader(#[from] crate::xfcc::XfccError),
 }
 
 /// A mesh workload's SPIFFE identity.
@@ -108,17 +112,13 @@ impl WorkloadId {
     /// `x-forwarded-client-cert` value. With several elements (`,`-separated, one per proxy
     /// hop) the last one is the peer the local sidecar saw.
     pub fn from_forwarded_client_cert(header: &str) -> Result<Self, IdentityError> {
-        let element = header.rsplit(',').next().unwrap_or_default();
-        element
-            .split(';')
-            .find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case("uri")
-                    .then(|| value.trim().trim_matches('"'))
-            })
-            .ok_or(IdentityError::NoForwardedUri)
-            .and_then(Self::parse)
+        let nearest = crate::xfcc::nearest(header)?;
+        let mut uris = nearest.values("uri");
+        let uri = uris.next().ok_or(IdentityError::NoForwardedUri)?;
+        if uris.next().is_some() {
+            return Err(IdentityError::SeveralForwardedUris);
+        }
+        Self::parse(uri)
     }
 
     /// The principal form Istio's AuthorizationPolicy uses: `<td>/ns/<ns>/sa/<sa>`.
@@ -182,5 +182,26 @@ mod tests {
             WorkloadId::from_forwarded_client_cert("Hash=ab;Subject=\"CN=x\""),
             Err(IdentityError::NoForwardedUri)
         );
+    }
+
+    #[test]
+    fn a_uri_inside_a_quoted_subject_is_not_the_caller() {
+        // A certificate whose Subject holds `,URI=...order-service` must not pass as
+        // order-service: the comma is inside the quotes.
+        let xfcc = "By=spiffe://cluster.local/ns/x/sa/payment-service;Hash=ab;\
+                    Subject=\"CN=evil,URI=spiffe://cluster.local/ns/x/sa/order-service\";\
+                    URI=spiffe://cluster.local/ns/x/sa/evil";
+        let id = WorkloadId::from_forwarded_client_cert(xfcc).unwrap();
+        assert_eq!(id.service_account, "evil");
+        assert!(matches!(
+            WorkloadId::from_forwarded_client_cert(
+                "URI=spiffe://a/ns/b/sa/c;URI=spiffe://a/ns/b/sa/d"
+            ),
+            Err(IdentityError::SeveralForwardedUris)
+        ));
+        assert!(matches!(
+            WorkloadId::from_forwarded_client_cert("Subject=\"CN=x;URI=spiffe://a/ns/b/sa/c"),
+            Err(IdentityError::BadForwardedHeader(_))
+        ));
     }
 }

@@ -25,3 +25,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod user_context;
+pub mod xfcc;

@@ -23,7 +23,46 @@ pub struct UserContext {
     pub roles: Vec<String>,
 }
 
+/// A role name: lowercase ASCII letters, digits, `-` and `_`. The restriction is what makes the
+/// one wire encoding (names joined by `,`) read back as it was written.
+pub fn valid_role(role: &str) -> bool {
+    !role.is_empty()
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The roles of a forwarded-roles header. The one decoder: the gateway checks roles through
+/// [`UserContext::new`], which keeps exactly what this would read back.
+pub fn decode_roles(header: &str) -> Vec<String> {
+    header
+        .split(',')
+        .filter(|r| valid_role(r))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The forwarded-roles header for `roles` (invalid names are left out).
+pub fn encode_roles(roles: &[String]) -> String {
+    roles
+        .iter()
+        .filter(|r| valid_role(r))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl UserContext {
+    /// The context for a verified user, its roles as services will read them: names that are
+    /// not valid roles (a token could carry `"user,admin"` as one string) are dropped here, so
+    /// the gateway and the services agree on what the caller is.
+    pub fn new(user_id: impl Into<String>, roles: &[String]) -> Self {
+        Self {
+            user_id: user_id.into(),
+            roles: decode_roles(&encode_roles(roles)),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == ROLE_ADMIN)
     }
@@ -32,7 +71,7 @@ impl UserContext {
     pub fn inject(&self, metadata: &mut MetadataMap) -> Result<(), Status> {
         let id = MetadataValue::try_from(self.user_id.as_str())
             .map_err(|_| Status::internal("user id is not valid metadata"))?;
-        let roles = MetadataValue::try_from(self.roles.join(",").as_str())
+        let roles = MetadataValue::try_from(encode_roles(&self.roles).as_str())
             .map_err(|_| Status::internal("roles are not valid metadata"))?;
         metadata.insert(USER_ID_KEY, id);
         metadata.insert(USER_ROLES_KEY, roles);
@@ -64,12 +103,7 @@ impl UserContext {
         let roles = md
             .get(USER_ROLES_KEY)
             .and_then(|v| v.to_str().ok())
-            .map(|s| {
-                s.split(',')
-                    .filter(|r| !r.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(decode_roles)
             .unwrap_or_default();
         Ok(Some(Self { user_id, roles }))
     }
@@ -83,6 +117,26 @@ impl UserContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_encoding_of_roles_both_ways() {
+        let smuggled = UserContext::new("u", &["user,admin".to_string()]);
+        assert!(
+            !smuggled.is_admin(),
+            "a comma inside one role name makes no admin"
+        );
+        assert!(smuggled.roles.is_empty());
+        let real = UserContext::new("u", &["user".to_string(), "admin".to_string()]);
+        assert!(real.is_admin());
+        let mut md = MetadataMap::new();
+        real.inject(&mut md).unwrap();
+        let header = md.get(USER_ROLES_KEY).unwrap().to_str().unwrap();
+        assert_eq!(decode_roles(header), real.roles);
+        assert_eq!(
+            decode_roles("user,,Admin, admin,x y"),
+            vec!["user".to_string()]
+        );
+    }
     use crate::identity::WorkloadId;
 
     fn request_from(workload: &str, ctx: &UserContext) -> tonic::Request<()> {
