@@ -87,11 +87,15 @@ VARIANTS = {
                     "corsOrigins": ["https://shop.example", "http://localhost:3000"],
                     "rateLimit": {"perMinute": 1200, "burst": 40},
                     "accountRateLimit": {"perMinute": 20, "burst": 5},
+                    "addressRateLimit": {"perMinute": 3000, "burst": 50},
+                    "headerTimeoutMs": 15000, "maxConnections": 4096, "maxConnectionsPerAddress": 64,
                     "trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.10"], "trustedHops": 2},
         "discovery": {"clusterDomain": "k8s.internal", "dnsRefreshSeconds": 10},
     },
     "builtin+own-secrets": {
         "mtls": {"certManager": {"enabled": False}},
+        # empty: the binary's default, like 0
+        "gateway": {"maxConnections": None},
         "roles": {role: {"tlsSecretName": f"mesh-{role}"} for role in ROLES},
     },
 }
@@ -533,14 +537,27 @@ def check_environment(r: Rendered) -> list[str]:
             "ORDERMESH_RATE_LIMIT_BURST": str(gw["rateLimit"]["burst"]),
             "ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE": str(gw["accountRateLimit"]["perMinute"]),
             "ORDERMESH_ACCOUNT_RATE_LIMIT_BURST": str(gw["accountRateLimit"]["burst"]),
+            "ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE": str(gw["addressRateLimit"]["perMinute"]),
+            "ORDERMESH_ADDRESS_RATE_LIMIT_BURST": str(gw["addressRateLimit"]["burst"]),
+            "ORDERMESH_HTTP_HEADER_TIMEOUT_MS": str(gw["headerTimeoutMs"]),
+            "ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS": str(gw["maxConnectionsPerAddress"]),
             "ORDERMESH_ADMIN_ADDR": f"0.0.0.0:{ADMIN_PORT}",
             "ORDERMESH_TRUSTED_PROXIES": ",".join(gw["trustedProxies"]),
             "ORDERMESH_TRUSTED_HOPS": str(gw["trustedHops"]),
         }
+        # Empty or 0: left to the binary's default (from its open-files limit), so not set.
+        max_conns = str(gw["maxConnections"]) if gw.get("maxConnections") else None
         if role == "gateway":
             expect.update(edge)
+            if max_conns:
+                expect["ORDERMESH_MAX_CONNECTIONS"] = max_conns
+            elif "ORDERMESH_MAX_CONNECTIONS" in env:
+                problems.append(f"{workload}: ORDERMESH_MAX_CONNECTIONS="
+                                f"{env['ORDERMESH_MAX_CONNECTIONS']!r} set, but gateway.maxConnections "
+                                f"is {gw.get('maxConnections')!r}: leave it to the binary's default")
         else:
-            problems += [f"{workload}: {var} is the gateway's alone" for var in edge if var in env]
+            problems += [f"{workload}: {var} is the gateway's alone"
+                         for var in [*edge, "ORDERMESH_MAX_CONNECTIONS"] if var in env]
         for var, want in expect.items():
             if env.get(var) != want:
                 problems.append(f"{workload}: {var}={env.get(var)!r}, want {want!r}")
@@ -877,6 +894,24 @@ def check_istio(report: Report, crds: dict, istio_render: Rendered) -> None:
                 problems.append(f"{host}: {key} missing")
     problems += [f"DestinationRule for unknown host {h}" for h in drs if h not in fqdn.values()]
     report.check(f"DestinationRules: one per workload ({len(fqdn)}), ISTIO_MUTUAL, pools, outlier detection",
+                 problems)
+
+    # The gateway closes a connection that sends no request head within headerTimeoutMs, idle
+    # keep-alives included. Istio applies edge-gateway's pool to its sidecar's connections to
+    # the process too: they must go idle-closed first, or a request may be sent on one the
+    # process is closing (Envoy's default idle timeout is 1h).
+    head_ms = istio_render.values["gateway"]["headerTimeoutMs"]
+    http_pool = (drs.get(fqdn["edge-gateway"], {}).get("spec", {}).get("trafficPolicy", {})
+                 .get("connectionPool", {}).get("http", {}))
+    idle = go_duration(http_pool.get("idleTimeout"))
+    problems = []
+    if idle is None or idle <= 0:
+        problems.append(f"{fqdn['edge-gateway']}: set connectionPool.http.idleTimeout "
+                        f"(Envoy's default 1h outlives the gateway's {head_ms}ms head deadline)")
+    elif idle * 1000 >= head_ms:
+        problems.append(f"{fqdn['edge-gateway']}: connectionPool.http.idleTimeout "
+                        f"{http_pool['idleTimeout']} must be below gateway.headerTimeoutMs ({head_ms}ms)")
+    report.check("DestinationRule edge-gateway: idle connections close before the gateway's head deadline",
                  problems)
 
     # RequestAuthentication: the gateway's JWTs, as the chart configures them.
@@ -1280,6 +1315,13 @@ def main() -> int:
             "gateway.corsOrigins=[shop.example]": {"gateway": {"corsOrigins": ["shop.example"]}},
             "gateway.trustedProxies=[ingress.internal]": {"gateway": {"trustedProxies": ["ingress.internal"]}},
             "gateway.trustedHops=-1": {"gateway": {"trustedHops": -1}},
+            "gateway.addressRateLimit.burst=0": {"gateway": {"addressRateLimit": {"perMinute": 1, "burst": 0}}},
+            "gateway.addressRateLimit.perMinut": {"gateway": {"addressRateLimit": {"perMinut": 1}}},
+            "gateway.headerTimeoutMs=0": {"gateway": {"headerTimeoutMs": 0}},
+            "gateway.headerTimeoutMs=10s": {"gateway": {"headerTimeoutMs": "10s"}},
+            "gateway.maxConnections=-1": {"gateway": {"maxConnections": -1}},
+            "gateway.maxConnectionsPerAddress=0": {"gateway": {"maxConnectionsPerAddress": 0}},
+            "gateway.maxConnectionPerAddress": {"gateway": {"maxConnectionPerAddress": 64}},
             "discovery.dnsRefreshSeconds=0": {"discovery": {"dnsRefreshSeconds": 0}},
             "mtls.certManager.bootstrapCA.lifetime": {"mtls": {"certManager": {"bootstrapCA": {"lifetime": "1h"}}}},
             "image.repository=ordermesh:1.0": {"image": {"repository": "ordermesh:1.0"}},
