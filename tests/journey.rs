@@ -190,6 +190,26 @@ async fn the_newcomer_journey() {
         )
         .await;
     assert_eq!(refreshed.status, 200);
+    // The same token again at once (a retry whose answer was lost): the same new pair.
+    let retried = anon
+        .post(
+            "/v1/auth/refresh",
+            json!({"refreshToken": tokens["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(retried.status, 200);
+    assert_eq!(
+        retried.json()["refreshToken"],
+        refreshed.json()["refreshToken"]
+    );
+    let rotated = anon
+        .post(
+            "/v1/auth/refresh",
+            json!({"refreshToken": refreshed.json()["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(rotated.status, 200);
+    // Two rotations old: stolen. 401, and the session is over.
     let reuse = anon
         .post(
             "/v1/auth/refresh",

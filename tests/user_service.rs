@@ -18,6 +18,7 @@ use ordermesh_platform::identity::workloads;
 use ordermesh_platform::jwt::AccessClaims;
 use ordermesh_platform::status;
 use ordermesh_tests::mesh::{RunningService, TestCerts, audit_only, with_roles};
+use ordermesh_user_service::grpc::TokenConfig;
 use tonic::Code;
 
 struct Mesh {
@@ -210,7 +211,20 @@ async fn refresh_rotates_reuse_revokes_and_logout_ends_the_session() {
         .unwrap()
         .into_inner();
     assert_ne!(second.refresh_token, first.refresh_token);
-    // The rotated-out token comes back: the session is revoked, even for the newest token.
+    // A retry moments later (the answer was lost): the same new refresh token, session alive.
+    let retried = gw
+        .refresh_token(refresh(&first.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.refresh_token, second.refresh_token);
+    let third = gw
+        .refresh_token(refresh(&second.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    // A token two rotations old comes back: someone else holds it. The session is revoked,
+    // even for the newest token.
     let reuse = gw
         .refresh_token(refresh(&first.refresh_token))
         .await
@@ -218,7 +232,7 @@ async fn refresh_rotates_reuse_revokes_and_logout_ends_the_session() {
     assert_eq!(reuse.code(), Code::Unauthenticated);
     assert!(reuse.message().contains("reuse"), "{}", reuse.message());
     let after = gw
-        .refresh_token(refresh(&second.refresh_token))
+        .refresh_token(refresh(&third.refresh_token))
         .await
         .unwrap_err();
     assert_eq!(after.code(), Code::Unauthenticated);
@@ -424,5 +438,47 @@ async fn profiles_belong_to_their_owner_and_admins_manage_roles() {
             "{want} missing from {actions:?}"
         );
     }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_refreshes_with_one_token_share_the_new_pair_and_late_reuse_revokes() {
+    let mesh = Mesh::start().await;
+    let mut gw = mesh.gateway();
+    register(&mut gw, "dee@example.com").await;
+    let first = login(&mut gw, "dee@example.com").await;
+    let refresh = |t: &str| RefreshTokenRequest {
+        refresh_token: t.into(),
+    };
+    // A mobile app retrying on a flaky network: the same token, twice at once.
+    let (mut one, mut two) = (mesh.gateway(), mesh.gateway());
+    let (a, b) = tokio::join!(
+        one.refresh_token(refresh(&first.refresh_token)),
+        two.refresh_token(refresh(&first.refresh_token)),
+    );
+    let (a, b) = (a.unwrap().into_inner(), b.unwrap().into_inner());
+    assert_eq!(
+        a.refresh_token, b.refresh_token,
+        "both get the pair issued once"
+    );
+    let next = gw
+        .refresh_token(refresh(&a.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Outside the grace window, the replaced token coming back still revokes the session.
+    tokio::time::sleep(TokenConfig::default().refresh_reuse_grace + Duration::from_millis(300))
+        .await;
+    let late = gw
+        .refresh_token(refresh(&a.refresh_token))
+        .await
+        .unwrap_err();
+    assert!(late.message().contains("reuse"), "{}", late.message());
+    assert!(
+        gw.refresh_token(refresh(&next.refresh_token))
+            .await
+            .is_err()
+    );
     mesh.stop().await;
 }

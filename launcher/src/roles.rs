@@ -140,6 +140,9 @@ pub struct JwtSettings {
     pub signing_key_file: Option<PathBuf>,
     /// Keys that signed tokens still in circulation; published in the JWKS, not used.
     pub previous_key_files: Vec<PathBuf>,
+    /// How long a just-replaced refresh token may be presented again (a retry) and get the
+    /// same new pair instead of revoking the session.
+    pub refresh_reuse_grace: std::time::Duration,
 }
 
 impl Default for JwtSettings {
@@ -149,13 +152,14 @@ impl Default for JwtSettings {
             audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
             signing_key_file: None,
             previous_key_files: Vec::new(),
+            refresh_reuse_grace: TokenConfig::default().refresh_reuse_grace,
         }
     }
 }
 
 impl JwtSettings {
     /// `ORDERMESH_JWT_ISSUER`, `ORDERMESH_JWT_AUDIENCE`, `ORDERMESH_JWT_SIGNING_KEY_FILE`,
-    /// `ORDERMESH_JWT_PREVIOUS_KEY_FILES` (comma-separated).
+    /// `ORDERMESH_JWT_PREVIOUS_KEY_FILES` (comma-separated), `ORDERMESH_REFRESH_REUSE_GRACE_MS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let previous: String = env_or("ORDERMESH_JWT_PREVIOUS_KEY_FILES", String::new())?;
@@ -169,6 +173,10 @@ impl JwtSettings {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
                 .collect(),
+            refresh_reuse_grace: std::time::Duration::from_millis(env_or(
+                "ORDERMESH_REFRESH_REUSE_GRACE_MS",
+                d.refresh_reuse_grace.as_millis() as u64,
+            )?),
         })
     }
 }
@@ -382,6 +390,7 @@ impl BoundService {
                 let tokens = TokenConfig {
                     issuer: config.jwt.issuer.clone(),
                     audience: config.jwt.audience.clone(),
+                    refresh_reuse_grace: config.jwt.refresh_reuse_grace,
                     ..TokenConfig::default()
                 };
                 let users = UserServer::new(UserStore::new(table), Arc::new(keys), outbox, tokens);

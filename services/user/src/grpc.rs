@@ -31,6 +31,9 @@ pub struct TokenConfig {
     pub audience: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// How long after a refresh the token it replaced may be presented again and get the same
+    /// new pair back (a client retrying on a flaky network) instead of revoking the session.
+    pub refresh_reuse_grace: Duration,
 }
 
 impl Default for TokenConfig {
@@ -40,8 +43,15 @@ impl Default for TokenConfig {
             audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(5),
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub struct UserServer {
@@ -194,6 +204,7 @@ impl UserServer {
             previous_hashes: vec![],
             revoked: false,
             expires_at: now_unix() + self.tokens.refresh_ttl.as_secs() as i64,
+            rotated_at_ms: 0,
         };
         let event = self.outbox.event(
             &format!("users/{}", user.id),
@@ -230,6 +241,27 @@ impl UserServer {
             .filter(|(s, _)| !s.revoked)
             .ok_or_else(|| Status::unauthenticated("refresh token is expired or revoked"))?;
         Ok((id.to_string(), secret.to_string(), session, version))
+    }
+
+    /// A new access token for `user_id` and the refresh token `secret` of session `id`.
+    async fn pair_for(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        secret: &str,
+    ) -> Result<Response<TokenPair>, Status> {
+        let (user, _) = self
+            .store
+            .get(user_id)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("the account no longer exists"))?;
+        let (access_token, expires_in) = self.access_token(&user)?;
+        Ok(Response::new(TokenPair {
+            access_token,
+            refresh_token: sessions::format_token(session_id, secret),
+            token_type: "Bearer".into(),
+            expires_in,
+        }))
     }
 
     /// Resolves `users/me` or `users/{id}` for the caller; another user's profile reads as
@@ -345,60 +377,74 @@ impl UserService for UserServer {
         request: Request<RefreshTokenRequest>,
     ) -> Result<Response<TokenPair>, Status> {
         let token = request.into_inner().refresh_token;
-        let (id, secret, mut session, version) = self.live_session(&token).await?;
-        let presented = sessions::hash_secret(&secret);
-        if sessions::same_hash(&presented, &session.current_hash) {
-            let next = sessions::new_secret();
-            let previous =
-                std::mem::replace(&mut session.current_hash, sessions::hash_secret(&next));
-            session.previous_hashes.insert(0, previous);
-            session.previous_hashes.truncate(sessions::REMEMBERED);
-            match self
-                .store
-                .update_session(&id, &session, version, vec![])
-                .await
-            {
-                Ok(()) => {}
-                Err(UserStoreError::Concurrent) => {
-                    return Err(Status::unauthenticated("refresh token was already used"));
+        // Two rounds at most: a refresh that loses a race with a parallel one using the same
+        // token reads the session again and is answered as a retry.
+        for _ in 0..2 {
+            let (id, secret, mut session, version) = self.live_session(&token).await?;
+            let presented = sessions::hash_secret(&secret);
+            let next = self.keys.next_refresh_secret(&id, &secret);
+            if sessions::same_hash(&presented, &session.current_hash) {
+                let previous =
+                    std::mem::replace(&mut session.current_hash, sessions::hash_secret(&next));
+                session.previous_hashes.insert(0, previous);
+                session.previous_hashes.truncate(sessions::REMEMBERED);
+                session.rotated_at_ms = now_ms();
+                match self
+                    .store
+                    .update_session(&id, &session, version, vec![])
+                    .await
+                {
+                    Ok(()) => return self.pair_for(&session.user_id, &id, &next).await,
+                    Err(UserStoreError::Concurrent) => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
-            let (user, _) = self
-                .store
-                .get(&session.user_id)
-                .await?
-                .ok_or_else(|| Status::unauthenticated("the account no longer exists"))?;
-            let (access_token, expires_in) = self.access_token(&user)?;
-            return Ok(Response::new(TokenPair {
-                access_token,
-                refresh_token: sessions::format_token(&id, &next),
-                token_type: "Bearer".into(),
-                expires_in,
-            }));
+            let just_replaced = session
+                .previous_hashes
+                .first()
+                .is_some_and(|h| sessions::same_hash(&presented, h));
+            let within_grace = now_ms().saturating_sub(session.rotated_at_ms)
+                <= self.tokens.refresh_reuse_grace.as_millis() as i64;
+            if just_replaced
+                && within_grace
+                && sessions::same_hash(&sessions::hash_secret(&next), &session.current_hash)
+            {
+                // The same token again, moments after it was used: the answer was lost on the
+                // way. The same new refresh token, and a fresh access token.
+                return self.pair_for(&session.user_id, &id, &next).await;
+            }
+            if session
+                .previous_hashes
+                .iter()
+                .any(|h| sessions::same_hash(&presented, h))
+            {
+                // A rotated token came back: someone else holds it. End the whole session.
+                session.revoked = true;
+                let event = self.outbox.event(
+                    &format!("users/{}", session.user_id),
+                    "user.session_revoked",
+                    &format!("users/{}", session.user_id),
+                );
+                match self
+                    .store
+                    .update_session(&id, &session, version, vec![self.outbox.write(event)])
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(UserStoreError::Concurrent) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                self.outbox.notify();
+                tracing::warn!(user = %session.user_id, "refresh token reuse: session revoked");
+                return Err(Status::unauthenticated(
+                    "refresh token reuse detected; the session is revoked",
+                ));
+            }
+            return Err(Status::unauthenticated("invalid refresh token"));
         }
-        if session
-            .previous_hashes
-            .iter()
-            .any(|h| sessions::same_hash(&presented, h))
-        {
-            // A rotated token came back: someone else holds it. End the whole session.
-            session.revoked = true;
-            let event = self.outbox.event(
-                &format!("users/{}", session.user_id),
-                "user.session_revoked",
-                &format!("users/{}", session.user_id),
-            );
-            self.store
-                .update_session(&id, &session, version, vec![self.outbox.write(event)])
-                .await?;
-            self.outbox.notify();
-            tracing::warn!(user = %session.user_id, "refresh token reuse: session revoked");
-            return Err(Status::unauthenticated(
-                "refresh token reuse detected; the session is revoked",
-            ));
-        }
-        Err(Status::unauthenticated("invalid refresh token"))
+        Err(Status::aborted(
+            "the session changed while refreshing; try again",
+        ))
     }
 
     async fn logout(

@@ -34,6 +34,9 @@ pub struct SigningKeys {
     kid: String,
     encoding: EncodingKey,
     published: Vec<VerifyingKey>,
+    /// Derives each session's next refresh secret from the one presented (see
+    /// [`SigningKeys::next_refresh_secret`]); every replica sharing the signing key agrees.
+    rotation_key: [u8; 32],
 }
 
 fn public_of(pem: &str, what: &str) -> Result<(KeyPair, VerifyingKey), KeyError> {
@@ -74,11 +77,31 @@ impl SigningKeys {
                 published.push(v);
             }
         }
+        let rotation_key = Sha256::new()
+            .chain_update(b"ordermesh refresh-token rotation v1\0")
+            .chain_update(current.trim().as_bytes())
+            .finalize()
+            .into();
         Ok(Self {
             kid,
             encoding,
             published,
+            rotation_key,
         })
+    }
+
+    /// The refresh secret that replaces `presented` in session `session_id`: an HMAC of it
+    /// under a key only user-service holds. Being a function of the presented secret, a retry
+    /// with the same token can be answered with the same new token, while whoever holds only
+    /// old tokens cannot compute new ones.
+    pub fn next_refresh_secret(&self, session_id: &str, presented: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.rotation_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(session_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(presented.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
     /// A new random key (PKCS#8 PEM).

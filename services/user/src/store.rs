@@ -41,6 +41,10 @@ pub struct SessionRecord {
     pub revoked: bool,
     #[prost(int64, tag = "5")]
     pub expires_at: i64,
+    /// When the current secret replaced the previous one (unix ms; 0 for sessions stored
+    /// before this was kept, which get no reuse grace).
+    #[prost(int64, tag = "6")]
+    pub rotated_at_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
