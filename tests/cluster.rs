@@ -584,11 +584,14 @@ async fn replicas_behind_a_proxy_survive_rolls_crashes_and_certificate_rotation(
 
     // Rate limits follow the client address nginx saw: one address spends its login budget
     // (claiming to be someone else changes nothing), another is untouched.
-    let bad_login =
-        json!({"email": "nobody@example.com", "password": "wrong password"}).to_string();
+    // A different account each time, so what stops them is the address's budget, not the
+    // per-account sign-in throttle.
+    let bad_login = |n: usize| {
+        json!({"email": format!("nobody{n}@example.com"), "password": "wrong password"}).to_string()
+    };
     let spender = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 99));
     let mut limited = 0;
-    for _ in 0..40 {
+    for n in 0..40 {
         let r = try_request_from(
             Some(spender),
             front,
@@ -598,7 +601,7 @@ async fn replicas_behind_a_proxy_survive_rolls_crashes_and_certificate_rotation(
                 ("content-type", "application/json"),
                 ("x-forwarded-for", "198.51.100.1"),
             ],
-            bad_login.as_bytes(),
+            bad_login(n).as_bytes(),
         )
         .await
         .expect("login attempt");
@@ -613,7 +616,7 @@ async fn replicas_behind_a_proxy_survive_rolls_crashes_and_certificate_rotation(
         "POST",
         "/v1/auth/login",
         &[("content-type", "application/json")],
-        bad_login.as_bytes(),
+        bad_login(1000).as_bytes(),
     )
     .await
     .expect("login from another address");

@@ -113,3 +113,72 @@ async fn bad_tokens_and_refused_calls_are_rate_limited_per_address() {
     user.stop().await;
     audit.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guesser_spread_over_addresses_is_stopped_per_account_alike_for_unknown_ones() {
+    let certs = TestCerts::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
+    let at = |a: SocketAddr| format!("https://{a}");
+    let gateway = RunningGateway::start(
+        &certs,
+        &Upstreams {
+            user: at(user.grpc_addr),
+            order: at(audit.grpc_addr),
+            payment: at(audit.grpc_addr),
+            audit: at(audit.grpc_addr),
+        },
+        GatewayConfig::default(),
+    )
+    .await;
+    gateway.new_user("victim@example.com").await;
+    let login = |email: &str, password: &str| {
+        serde_json::json!({"email": email, "password": password}).to_string()
+    };
+    for email in ["victim@example.com", "nobody-here@example.com"] {
+        let mut statuses = Vec::new();
+        let mut last = None;
+        // Each guess from its own address: the per-address limits never see more than one.
+        for i in 0..6u8 {
+            let from = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 10 + i));
+            let r = try_request_from(
+                Some(from),
+                gateway.addr,
+                "POST",
+                "/v1/auth/login",
+                &[("content-type", "application/json")],
+                login(email, &format!("guess number {i}")).as_bytes(),
+            )
+            .await
+            .unwrap();
+            statuses.push(r.status);
+            last = Some(r);
+        }
+        assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "{email}");
+        let last = last.unwrap();
+        let detail = last.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            detail.starts_with("too many failed sign-ins for this account"),
+            "{detail}"
+        );
+    }
+    // The right password does not get through the lock either.
+    let r = try_request_from(
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 99))),
+        gateway.addr,
+        "POST",
+        "/v1/auth/login",
+        &[("content-type", "application/json")],
+        login("victim@example.com", "correct horse battery").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 429);
+    gateway.stop().await;
+    user.stop().await;
+    audit.stop().await;
+}

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::accounts::{self, MAX_PASSWORD};
 use crate::keys::SigningKeys;
+use crate::login_throttle::{LoginThrottle, ThrottleSettings};
 use crate::sessions;
 use crate::store::{SessionRecord, UserRecord, UserStore, UserStoreError};
 
@@ -59,6 +60,7 @@ pub struct UserServer {
     keys: Arc<SigningKeys>,
     outbox: Outbox,
     tokens: TokenConfig,
+    throttle: LoginThrottle,
 }
 
 const INVALID_CREDENTIALS: &str = "invalid email or password";
@@ -131,6 +133,7 @@ impl UserServer {
         tokens: TokenConfig,
     ) -> Self {
         Self {
+            throttle: LoginThrottle::new(store.table().clone(), ThrottleSettings::default()),
             store,
             keys,
             outbox,
@@ -345,6 +348,13 @@ impl UserService for UserServer {
         );
         v.into_result()?;
 
+        // Locked the same way whether or not the account exists, before any password work.
+        if let Some(wait) = self.throttle.locked_for(&email).await? {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed sign-ins for this account; try again in {secs} s"
+            )));
+        }
         let found = self.store.find_by_email(&email).await?;
         let pw = req.password;
         let user = match found {
@@ -360,6 +370,9 @@ impl UserService for UserServer {
             }
         };
         let Some(user) = user else {
+            if let Err(e) = self.throttle.failed(&email).await {
+                tracing::warn!(error = %e, "could not count a failed sign-in");
+            }
             let event = self
                 .outbox
                 .event("anonymous", "user.login_failed", "users/unknown");
@@ -367,6 +380,9 @@ impl UserService for UserServer {
             self.outbox.notify();
             return Err(Status::unauthenticated(INVALID_CREDENTIALS));
         };
+        if let Err(e) = self.throttle.succeeded(&email).await {
+            tracing::warn!(error = %e, "could not clear failed sign-ins");
+        }
         Ok(Response::new(
             self.new_session(&user, "user.logged_in").await?,
         ))

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod grpc;
 pub mod keys;
+pub mod login_throttle;
 pub mod sessions;
 pub mod store;
 
