@@ -388,6 +388,7 @@ async fn every_mistake_gets_its_documented_answer() {
             nbf: now,
             jti: "j".into(),
             roles: vec!["user".into(), "admin".into()],
+            sid: String::new(),
         };
         f(&mut c);
         c
@@ -570,13 +571,14 @@ async fn every_mistake_gets_its_documented_answer() {
     );
     assert!(!metrics.contains("MUG-001"), "no raw paths in labels");
 
-    // The account endpoints are limited per client address.
+    // The account endpoints are limited per client address (a different account each time,
+    // so the per-account sign-in throttle is not what answers).
     let mut limited = None;
-    for _ in 0..30 {
+    for n in 0..30 {
         let r = anon
             .post(
                 "/v1/auth/login",
-                json!({"email": "bo@example.com", "password": "wrong password!!"}),
+                json!({"email": format!("bo{n}@example.com"), "password": "wrong password!!"}),
             )
             .await;
         if r.status == 429 {

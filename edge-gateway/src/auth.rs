@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use ordermesh_contracts::user::GetJwksRequest;
 use ordermesh_contracts::user::user_service_client::UserServiceClient;
+use ordermesh_contracts::user::{GetJwksRequest, ListRevocationsRequest};
 use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::jwt::AccessClaims;
 use tokio::sync::RwLock;
+
+use crate::revocations::RevocationList;
 
 const MIN_REFRESH: Duration = Duration::from_secs(5);
 const MAX_AGE: Duration = Duration::from_secs(300);
@@ -40,6 +42,8 @@ pub enum AuthError {
     BadSignature,
     #[error("signing keys are unavailable")]
     KeysUnavailable,
+    #[error("the token was revoked: {0}")]
+    Revoked(&'static str),
 }
 
 struct Keys {
@@ -49,6 +53,7 @@ struct Keys {
 
 pub struct Verifier {
     users: UserServiceClient<MeshChannel>,
+    revocations: RevocationList,
     keys: RwLock<Keys>,
     validation: Validation,
     verified: std::sync::RwLock<HashMap<String, AccessClaims>>,
@@ -58,6 +63,7 @@ impl Verifier {
     pub fn new(users: UserServiceClient<MeshChannel>, issuer: &str, audience: &str) -> Self {
         Self {
             users,
+            revocations: RevocationList::default(),
             keys: RwLock::new(Keys {
                 by_kid: HashMap::new(),
                 fetched: None,
@@ -144,7 +150,35 @@ impl Verifier {
         Ok(())
     }
 
+    /// Takes in what user-service revoked since the last call; returns how many revocations
+    /// were new.
+    pub async fn follow_revocations(&self) -> Result<usize, tonic::Status> {
+        let mut new = 0;
+        loop {
+            let mut req = tonic::Request::new(ListRevocationsRequest {
+                after: self.revocations.cursor(),
+                page_size: 0,
+            });
+            req.set_timeout(Duration::from_secs(2));
+            let page = self.users.clone().list_revocations(req).await?.into_inner();
+            let n = page.revocations.len();
+            self.revocations.apply(&page.revocations, page.cursor);
+            new += n;
+            if n < 1000 {
+                return Ok(new);
+            }
+        }
+    }
+
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        let claims = self.verify_signed(token).await?;
+        match self.revocations.refuses(&claims) {
+            Some(why) => Err(AuthError::Revoked(why)),
+            None => Ok(claims),
+        }
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<AccessClaims, AuthError> {
         if let Some(claims) = self.already_verified(token) {
             return Ok(claims);
         }

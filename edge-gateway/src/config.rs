@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     pub rate_address: Limit,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// How often revocations are fetched from user-service: the longest a revoked access
+    /// token can still get through (plus one call's time).
+    pub revocation_poll: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +62,7 @@ impl Default for GatewayConfig {
             },
             jwt_issuer: ordermesh_platform::jwt::DEFAULT_ISSUER.into(),
             jwt_audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
+            revocation_poll: Duration::from_secs(1),
         }
     }
 }
@@ -71,7 +75,8 @@ impl GatewayConfig {
     /// `ORDERMESH_ADMIN_ADDR`, `ORDERMESH_TRUSTED_PROXIES` (comma-separated addresses or
     /// CIDRs), `ORDERMESH_TRUSTED_HOPS`, `ORDERMESH_HTTP_HEADER_TIMEOUT_MS`,
     /// `ORDERMESH_MAX_CONNECTIONS`, `ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS`,
-    /// `ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE`, `ORDERMESH_ADDRESS_RATE_LIMIT_BURST`.
+    /// `ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE`, `ORDERMESH_ADDRESS_RATE_LIMIT_BURST`,
+    /// `ORDERMESH_REVOCATION_POLL_MS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let origins: String = env_or("ORDERMESH_CORS_ORIGINS", String::new())?;
@@ -133,6 +138,10 @@ impl GatewayConfig {
             },
             jwt_issuer: env_or("ORDERMESH_JWT_ISSUER", d.jwt_issuer)?,
             jwt_audience: env_or("ORDERMESH_JWT_AUDIENCE", d.jwt_audience)?,
+            revocation_poll: Duration::from_millis(env_or(
+                "ORDERMESH_REVOCATION_POLL_MS",
+                d.revocation_poll.as_millis() as u64,
+            )?),
         })
     }
 }

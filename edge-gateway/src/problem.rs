@@ -85,6 +85,10 @@ impl Problem {
         if http == StatusCode::UNAUTHORIZED {
             p = p.with_header(http::header::WWW_AUTHENTICATE, "Bearer");
         }
+        if let Some(after) = details.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            p = p.with_header(http::header::RETRY_AFTER, &secs.max(1).to_string());
+        }
         p
     }
 

@@ -216,6 +216,28 @@ impl Gateway {
                 }
             }
         });
+        let gw = self.clone();
+        let revocations = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let mut failing = false;
+                loop {
+                    match gw.verifier.follow_revocations().await {
+                        Ok(_) => failing = false,
+                        // Logged once per outage; the last known revocations keep applying.
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "cannot follow revocations");
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(gw.config.revocation_poll) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                }
+            }
+        });
         let result = serve_http(
             listener,
             self.clone().router(),
@@ -224,6 +246,7 @@ impl Gateway {
         )
         .await;
         sweeper.abort();
+        revocations.abort();
         if let Some(admin) = admin_task {
             shutdown.trigger();
             if let Ok(Err(e)) = admin.await {

@@ -84,10 +84,18 @@ impl AuthzPolicy {
             Audience::User | Audience::Admin if !forwarded_user => Err(Status::unauthenticated(
                 "this method needs a signed-in user",
             )),
-            Audience::Admin if !roles.split(',').any(|r| r == user_context::ROLE_ADMIN) => Err(
-                Status::permission_denied("this method is for administrators"),
-            ),
-            Audience::Internal => Err(Status::permission_denied(
+            Audience::Admin
+                if !user_context::decode_roles(roles)
+                    .iter()
+                    .any(|r| r == user_context::ROLE_ADMIN) =>
+            {
+                Err(Status::permission_denied(
+                    "this method is for administrators",
+                ))
+            }
+            // The gateway may call an internal method for itself (following revocations), never
+            // on behalf of an outside user.
+            Audience::Internal if forwarded_user => Err(Status::permission_denied(
                 "this method is not reachable from outside the mesh",
             )),
             _ => Ok(()),

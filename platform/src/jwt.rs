@@ -17,4 +17,8 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub jti: String,
     pub roles: Vec<String>,
+    /// The session the token was issued for (tokens from before sessions were named have
+    /// none), so ending the session can end its access tokens too.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sid: String,
 }

@@ -1,12 +1,15 @@
 //! gRPC statuses with `google.rpc` details: field violations (`BadRequest`) that the
 //! gateway turns into problem+json `violations`, and reasons (`ErrorInfo`).
 
-use ordermesh_contracts::google::rpc::{self, BadRequest, ErrorInfo, bad_request::FieldViolation};
+use ordermesh_contracts::google::rpc::{
+    self, BadRequest, ErrorInfo, RetryInfo, bad_request::FieldViolation,
+};
 use prost::Message;
 use tonic::{Code, Status};
 
 const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 pub const ERROR_DOMAIN: &str = "ordermesh";
 
 /// Collects what is wrong with a request, field by field.
@@ -97,11 +100,43 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Stat
     with_details(code, message.into(), vec![detail])
 }
 
+/// A status with a reason and when to try again (`google.rpc.RetryInfo`), which the gateway
+/// turns into `Retry-After`.
+pub fn retry_later(
+    code: Code,
+    reason: &str,
+    after: std::time::Duration,
+    message: impl Into<String>,
+) -> Status {
+    let info = prost_types::Any {
+        type_url: ERROR_INFO_TYPE.into(),
+        value: ErrorInfo {
+            reason: reason.into(),
+            domain: ERROR_DOMAIN.into(),
+            metadata: Default::default(),
+        }
+        .encode_to_vec(),
+    };
+    let retry = prost_types::Any {
+        type_url: RETRY_INFO_TYPE.into(),
+        value: RetryInfo {
+            retry_delay: Some(prost_types::Duration {
+                seconds: after.as_secs() as i64,
+                nanos: after.subsec_nanos() as i32,
+            }),
+        }
+        .encode_to_vec(),
+    };
+    with_details(code, message.into(), vec![info, retry])
+}
+
 /// The details a status carries, decoded.
 #[derive(Debug, Default, PartialEq)]
 pub struct Details {
     pub violations: Vec<FieldViolation>,
     pub reason: Option<String>,
+    /// When the caller may try again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 pub fn details(status: &Status) -> Details {
@@ -119,6 +154,16 @@ pub fn details(status: &Status) -> Details {
             ERROR_INFO_TYPE => {
                 if let Ok(info) = ErrorInfo::decode(any.value.as_slice()) {
                     out.reason = Some(info.reason);
+                }
+            }
+            RETRY_INFO_TYPE => {
+                if let Some(d) = RetryInfo::decode(any.value.as_slice())
+                    .ok()
+                    .and_then(|r| r.retry_delay)
+                    .filter(|d| d.seconds >= 0 && d.nanos >= 0)
+                {
+                    out.retry_after =
+                        Some(std::time::Duration::new(d.seconds as u64, d.nanos as u32));
                 }
             }
             _ => {}
@@ -148,5 +193,17 @@ mod tests {
             "balance too low",
         );
         assert_eq!(details(&s).reason.as_deref(), Some("INSUFFICIENT_FUNDS"));
+        let later = retry_later(
+            Code::ResourceExhausted,
+            "TOO_MANY_FAILED_SIGN_INS",
+            std::time::Duration::from_millis(29_500),
+            "wait",
+        );
+        let d = details(&later);
+        assert_eq!(d.reason.as_deref(), Some("TOO_MANY_FAILED_SIGN_INS"));
+        assert_eq!(
+            d.retry_after,
+            Some(std::time::Duration::from_millis(29_500))
+        );
     }
 }

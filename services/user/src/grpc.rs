@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ordermesh_contracts::user::revocation::Kind;
 use ordermesh_contracts::user::user_service_server::{UserService, UserServiceServer};
 use ordermesh_contracts::user::{
-    CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks, LoginRequest, LogoutRequest,
-    LogoutResponse, RefreshTokenRequest, Role, SetUserRolesRequest, TokenPair, UpdateUserRequest,
-    User,
+    CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks, ListRevocationsRequest,
+    ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse, RefreshTokenRequest,
+    Role, SetUserRolesRequest, TokenPair, UpdateUserRequest, User,
 };
 use ordermesh_platform::authz::CallerIdentity;
 use ordermesh_platform::jwt::AccessClaims;
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::accounts::{self, MAX_PASSWORD};
 use crate::keys::SigningKeys;
 use crate::login_throttle::{LoginThrottle, ThrottleSettings};
+use crate::revocations;
 use crate::sessions;
 use crate::store::{SessionRecord, UserRecord, UserStore, UserStoreError};
 
@@ -178,7 +180,7 @@ impl UserServer {
         Ok(true)
     }
 
-    fn access_token(&self, user: &UserRecord) -> Result<(String, i64), Status> {
+    fn access_token(&self, user: &UserRecord, session_id: &str) -> Result<(String, i64), Status> {
         let iat = now_unix();
         let ttl = self.tokens.access_ttl.as_secs() as i64;
         let claims = AccessClaims {
@@ -190,6 +192,7 @@ impl UserServer {
             nbf: iat,
             jti: uuid::Uuid::now_v7().to_string(),
             roles: user.roles.clone(),
+            sid: session_id.to_string(),
         };
         let token = self.keys.sign(&claims).map_err(|e| {
             tracing::error!(error = %e, "signing an access token failed");
@@ -218,7 +221,7 @@ impl UserServer {
             .create_session(&session_id, &session, vec![self.outbox.write(event)])
             .await?;
         self.outbox.notify();
-        let (access_token, expires_in) = self.access_token(user)?;
+        let (access_token, expires_in) = self.access_token(user, &session_id)?;
         Ok(TokenPair {
             access_token,
             refresh_token: sessions::format_token(&session_id, &secret),
@@ -258,7 +261,7 @@ impl UserServer {
             .get(user_id)
             .await?
             .ok_or_else(|| Status::unauthenticated("the account no longer exists"))?;
-        let (access_token, expires_in) = self.access_token(&user)?;
+        let (access_token, expires_in) = self.access_token(&user, session_id)?;
         Ok(Response::new(TokenPair {
             access_token,
             refresh_token: sessions::format_token(session_id, secret),
@@ -351,9 +354,12 @@ impl UserService for UserServer {
         // Locked the same way whether or not the account exists, before any password work.
         if let Some(wait) = self.throttle.locked_for(&email).await? {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(Status::resource_exhausted(format!(
-                "too many failed sign-ins for this account; try again in {secs} s"
-            )));
+            return Err(ordermesh_platform::status::retry_later(
+                tonic::Code::ResourceExhausted,
+                "TOO_MANY_FAILED_SIGN_INS",
+                wait,
+                format!("too many failed sign-ins for this account; try again in {secs} s"),
+            ));
         }
         let found = self.store.find_by_email(&email).await?;
         let pw = req.password;
@@ -441,9 +447,15 @@ impl UserService for UserServer {
                     "user.session_revoked",
                     &format!("users/{}", session.user_id),
                 );
+                let ended = revocations::write(Kind::Session, &id, self.tokens.access_ttl);
                 match self
                     .store
-                    .update_session(&id, &session, version, vec![self.outbox.write(event)])
+                    .update_session(
+                        &id,
+                        &session,
+                        version,
+                        vec![self.outbox.write(event), ended],
+                    )
                     .await
                 {
                     Ok(()) => {}
@@ -484,11 +496,36 @@ impl UserService for UserServer {
             "user.logged_out",
             &format!("users/{}", session.user_id),
         );
+        let ended = revocations::write(Kind::Session, &id, self.tokens.access_ttl);
         self.store
-            .update_session(&id, &session, version, vec![self.outbox.write(event)])
+            .update_session(
+                &id,
+                &session,
+                version,
+                vec![self.outbox.write(event), ended],
+            )
             .await?;
         self.outbox.notify();
         Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        let req = request.into_inner();
+        if req.after.len() > 64 || req.after.contains('\0') {
+            return Err(invalid("after", "is not a cursor from this service"));
+        }
+        let size = match req.page_size {
+            n if n <= 0 => revocations::MAX_PAGE,
+            n => n as usize,
+        };
+        let (revocations, cursor) = revocations::list(self.store.table(), &req.after, size).await?;
+        Ok(Response::new(ListRevocationsResponse {
+            revocations,
+            cursor,
+        }))
     }
 
     async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
@@ -547,7 +584,15 @@ impl UserService for UserServer {
             &format!("users/{id}"),
         );
         self.store
-            .update(&record, version, vec![self.outbox.write(event)])
+            .update(
+                &record,
+                version,
+                vec![
+                    self.outbox.write(event),
+                    // Access tokens carrying the old roles stop counting.
+                    revocations::write(Kind::User, &record.id, self.tokens.access_ttl),
+                ],
+            )
             .await?;
         self.outbox.notify();
         Ok(Response::new(to_proto(&record)))
@@ -593,7 +638,15 @@ impl UserService for UserServer {
             .attributes
             .insert("after".into(), record.roles.join(","));
         self.store
-            .update(&record, version, vec![self.outbox.write(event)])
+            .update(
+                &record,
+                version,
+                vec![
+                    self.outbox.write(event),
+                    // Access tokens carrying the old roles stop counting.
+                    revocations::write(Kind::User, &record.id, self.tokens.access_ttl),
+                ],
+            )
             .await?;
         self.outbox.notify();
         Ok(Response::new(to_proto(&record)))

@@ -183,6 +183,7 @@ mod tests {
             nbf: 1_700_000_000,
             jti: "j1".into(),
             roles: vec!["user".into()],
+            sid: String::new(),
         }
     }
 

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod grpc;
 pub mod keys;
 pub mod login_throttle;
+pub mod revocations;
 pub mod sessions;
 pub mod store;
 

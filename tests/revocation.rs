@@ -1,0 +1,157 @@
+//! Access tokens stop working within about a second of what revoked them (logout, the session
+//! revoked for refresh-token reuse, a role change), with no call to user-service per request:
+//! the gateway follows user-service's revocation feed.
+
+use std::time::{Duration, Instant};
+
+use ordermesh::roles::{Role, Upstreams};
+use ordermesh_edge_gateway::GatewayConfig;
+use ordermesh_edge_gateway::limits::Limit;
+use ordermesh_tests::gateway::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, RunningGateway, user_service_with_admin,
+};
+use ordermesh_tests::http::Api;
+use ordermesh_tests::mesh::{RunningService, TestCerts};
+use serde_json::json;
+
+/// How long until `api`'s token is refused on `path` (bounded at 10 s).
+async fn refused_after(api: &Api, path: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = api.get(path).await;
+        if r.status == 401 {
+            assert!(
+                r.json()["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("revoked"),
+                "{}",
+                r.text()
+            );
+            return started.elapsed();
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still accepted after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_access_tokens_are_refused_within_seconds() {
+    let certs = TestCerts::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
+    let at = |a: std::net::SocketAddr| format!("https://{a}");
+    let gateway = RunningGateway::start(
+        &certs,
+        &Upstreams {
+            user: at(user.grpc_addr),
+            order: at(audit.grpc_addr),
+            payment: at(audit.grpc_addr),
+            audit: at(audit.grpc_addr),
+        },
+        GatewayConfig {
+            revocation_poll: Duration::from_millis(500),
+            // Many sign-ins from one address here; this test is not about limits.
+            rate_account: Limit {
+                per_minute: 6000,
+                burst: 1000,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let anon = gateway.anonymous();
+    let password = "correct horse battery";
+    let sign_in = |email: &'static str| {
+        let anon = gateway.anonymous();
+        async move {
+            let r = anon
+                .post(
+                    "/v1/auth/login",
+                    json!({"email": email, "password": password}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let j = r.json();
+            (
+                anon.with_token(j["accessToken"].as_str().unwrap()),
+                j["refreshToken"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+
+    // Logout ends the session's access token too.
+    gateway.new_user("rev@example.com").await;
+    let (api, refresh) = sign_in("rev@example.com").await;
+    assert_eq!(api.get("/v1/users/me").await.status, 200);
+    let other_session = sign_in("rev@example.com").await.0;
+    let out = anon
+        .post("/v1/auth/logout", json!({"refreshToken": refresh}))
+        .await;
+    assert_eq!(out.status, 200, "{}", out.text());
+    let after_logout = refused_after(&api, "/v1/users/me").await;
+    assert_eq!(
+        other_session.get("/v1/users/me").await.status,
+        200,
+        "only that session ended"
+    );
+
+    // Refresh-token reuse revokes the session: its access tokens stop too.
+    let (api, first) = sign_in("rev@example.com").await;
+    let second = anon
+        .post("/v1/auth/refresh", json!({"refreshToken": first}))
+        .await
+        .json();
+    let third = anon
+        .post(
+            "/v1/auth/refresh",
+            json!({"refreshToken": second["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(third.status, 200);
+    let reuse = anon
+        .post("/v1/auth/refresh", json!({"refreshToken": first}))
+        .await;
+    assert_eq!(reuse.status, 401);
+    let after_reuse = refused_after(&api, "/v1/users/me").await;
+
+    // A demoted admin's token stops carrying its old roles.
+    let admin = gateway.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (target, _) = sign_in("rev@example.com").await;
+    let me = target.get("/v1/users/me").await.json();
+    let name = me["name"].as_str().unwrap().to_string();
+    let promoted = admin
+        .post(
+            &format!("/v1/{name}:setRoles"),
+            json!({"roles": ["ROLE_USER", "ROLE_ADMIN"]}),
+        )
+        .await;
+    assert_eq!(promoted.status, 200, "{}", promoted.text());
+    let (as_admin, _) = sign_in("rev@example.com").await;
+    assert_eq!(as_admin.get("/v1/audit:verify").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let demoted = admin
+        .post(
+            &format!("/v1/{name}:setRoles"),
+            json!({"roles": ["ROLE_USER"]}),
+        )
+        .await;
+    assert_eq!(demoted.status, 200, "{}", demoted.text());
+    let after_demotion = refused_after(&as_admin, "/v1/audit:verify").await;
+
+    eprintln!(
+        "revocation: refused {after_logout:?} after logout, {after_reuse:?} after reuse, \
+         {after_demotion:?} after demotion (feed followed every 500 ms)"
+    );
+    for d in [after_logout, after_reuse, after_demotion] {
+        assert!(d < Duration::from_secs(2), "refused only after {d:?}");
+    }
+    gateway.stop().await;
+    user.stop().await;
+    audit.stop().await;
+}
