@@ -314,3 +314,98 @@ async fn bad_input_gets_field_violations() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn the_operator_reads_and_only_operator_admin_may_write() {
+    use ordermesh_contracts::order::catalog_service_client::CatalogServiceClient;
+    use ordermesh_contracts::order::order_service_client::OrderServiceClient;
+    use ordermesh_contracts::order::{ListProductsRequest, ShipOrderRequest};
+    use ordermesh_contracts::user::user_service_client::UserServiceClient;
+    use ordermesh_contracts::user::{GetUserRequest, SetUserRolesRequest};
+
+    let certs = TestCerts::new();
+    certs
+        .certs
+        .ensure(TRUST_DOMAIN, NAMESPACE, &[workloads::OPERATOR_ADMIN])
+        .unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Both need upstreams to start; this test never makes them call one.
+    let user = RunningService::start_with(
+        Role::User,
+        &certs,
+        dirs[1].path(),
+        "127.0.0.1:0".parse().unwrap(),
+        ordermesh_tests::mesh::all_at("127.0.0.1:1".parse().unwrap()),
+    )
+    .await;
+    let order = RunningService::start_with(
+        Role::Order,
+        &certs,
+        dirs[0].path(),
+        "127.0.0.1:0".parse().unwrap(),
+        ordermesh_tests::mesh::all_at(user.grpc_addr),
+    )
+    .await;
+    let as_op = |w: &str, target: &str, addr| certs.channel(w, target, addr);
+
+    // Reads: the operator may.
+    CatalogServiceClient::new(as_op(
+        workloads::OPERATOR,
+        workloads::ORDER,
+        order.grpc_addr,
+    ))
+    .list_products(ListProductsRequest::default())
+    .await
+    .expect("the operator lists products");
+    let read = UserServiceClient::new(as_op(workloads::OPERATOR, workloads::USER, user.grpc_addr))
+        .get_user(GetUserRequest {
+            name: "users/nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        read.code(),
+        tonic::Code::NotFound,
+        "reached the handler: {read:?}"
+    );
+
+    // Writes: the operator may not.
+    let roles = || SetUserRolesRequest {
+        name: "users/nobody".into(),
+        roles: vec![2],
+    };
+    let denied =
+        UserServiceClient::new(as_op(workloads::OPERATOR, workloads::USER, user.grpc_addr))
+            .set_user_roles(roles())
+            .await
+            .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let ship = OrderServiceClient::new(as_op(
+        workloads::OPERATOR,
+        workloads::ORDER,
+        order.grpc_addr,
+    ))
+    .ship_order(ShipOrderRequest {
+        name: "orders/x".into(),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(ship.code(), tonic::Code::PermissionDenied, "{ship:?}");
+
+    // The identity named for writes gets past the identity check.
+    let admin_write = UserServiceClient::new(as_op(
+        workloads::OPERATOR_ADMIN,
+        workloads::USER,
+        user.grpc_addr,
+    ))
+    .set_user_roles(roles())
+    .await
+    .unwrap_err();
+    assert_ne!(
+        admin_write.code(),
+        tonic::Code::PermissionDenied,
+        "{admin_write:?}"
+    );
+    order.stop().await;
+    user.stop().await;
+}

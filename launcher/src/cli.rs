@@ -34,6 +34,10 @@ enum Command {
         trust_domain: String,
         #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = MeshConfig::DEFAULT_NAMESPACE)]
         namespace: String,
+        /// Also issue these identities (e.g. `operator-admin`, which may make admin writes
+        /// and is not issued by default).
+        #[arg(long = "with", value_name = "WORKLOAD")]
+        with: Vec<String>,
     },
     /// Run the whole mesh locally: dev certificates on first run, every role on loopback with
     /// mTLS between them, the embedded store under --data-dir.
@@ -131,9 +135,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             trust_domain,
             namespace,
+            with,
         } => {
             let certs = CertDir::new(&dir);
-            let issued = certs.ensure(&trust_domain, &namespace, workloads::ALL)?;
+            let mut wanted: Vec<&str> = workloads::ALL.to_vec();
+            wanted.extend(with.iter().map(String::as_str));
+            let issued = certs.ensure(&trust_domain, &namespace, &wanted)?;
             if issued.is_empty() {
                 println!("certificates in {} are up to date", dir.display());
             } else {

@@ -13,8 +13,14 @@ pub mod workloads {
     pub const PAYMENT: &str = "payment-service";
     pub const AUDIT: &str = "audit-service";
     pub const GATEWAY: &str = "edge-gateway";
-    /// The identity of a person debugging the mesh with grpcurl.
+    /// The identity of a person debugging the mesh with grpcurl: health, reflection and read
+    /// methods only.
     pub const OPERATOR: &str = "operator";
+    /// An operator allowed the admin writes (roles, catalog, fulfilment) from inside the mesh.
+    /// Named in the proto options but never issued by default: `ordermesh certs --with
+    /// operator-admin` issues it on purpose.
+    pub const OPERATOR_ADMIN: &str = "operator-admin";
+    /// Every identity issued by default.
     pub const ALL: &[&str] = &[USER, ORDER, PAYMENT, AUDIT, GATEWAY, OPERATOR];
 }
 
