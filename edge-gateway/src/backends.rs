@@ -311,6 +311,36 @@ mod tests {
     }
 
     #[test]
+    fn transport_failures_become_unavailable_or_deadline_exceeded() {
+        // The client-side deadline firing: was CANCELLED, shown to clients as 499.
+        let timed_out = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(timed_out.code(), tonic::Code::Cancelled);
+        assert_eq!(
+            transport_failure_as_unavailable(timed_out, "w").code(),
+            tonic::Code::DeadlineExceeded
+        );
+        // A connection broken under the call: was UNKNOWN, shown as 500.
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(
+            transport_failure_as_unavailable(broken, "w").code(),
+            tonic::Code::Unavailable
+        );
+        // What a backend itself answered stays as it was.
+        let answered = Status::internal("storage error");
+        assert_eq!(
+            transport_failure_as_unavailable(answered, "w").code(),
+            tonic::Code::Internal
+        );
+        let cancelled = Status::cancelled("the client went away");
+        assert_eq!(
+            transport_failure_as_unavailable(cancelled, "w").code(),
+            tonic::Code::Cancelled
+        );
+    }
+
+    #[test]
     fn the_retry_budget_caps_retries_at_a_fifth_of_calls_plus_a_floor() {
         let budget = retry_budget();
         for _ in 0..1000 {
