@@ -2,32 +2,21 @@
 //! tokens, or of calls it is refused, spends its own address's budget and gets 429 like
 //! anyone else, while other addresses keep theirs.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
-use ordermesh::roles::{Role, Upstreams};
 use ordermesh_edge_gateway::GatewayConfig;
 use ordermesh_edge_gateway::limits::Limit;
-use ordermesh_tests::gateway::{RunningGateway, user_service_with_admin};
+use ordermesh_tests::gateway::SignInMesh;
 use ordermesh_tests::http::try_request_from;
-use ordermesh_tests::mesh::{RunningService, TestCerts};
+use ordermesh_tests::mesh::TestCerts;
 
 const BURST: u32 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_and_refused_calls_are_rate_limited_per_address() {
     let certs = TestCerts::new();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
-    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
-    let at = |a: SocketAddr| format!("https://{a}");
-    let gateway = RunningGateway::start(
+    let mesh = SignInMesh::start(
         &certs,
-        &Upstreams {
-            user: at(user.grpc_addr),
-            order: at(audit.grpc_addr),
-            payment: at(audit.grpc_addr),
-            audit: at(audit.grpc_addr),
-        },
         GatewayConfig {
             rate_address: Limit {
                 per_minute: 6,
@@ -37,6 +26,7 @@ async fn bad_tokens_and_refused_calls_are_rate_limited_per_address() {
         },
     )
     .await;
+    let gateway = &mesh.gateway;
     let forger = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 41));
     let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 42));
     // A token with a kid nobody issued: each one costs the gateway a key lookup.
@@ -109,29 +99,14 @@ async fn bad_tokens_and_refused_calls_are_rate_limited_per_address() {
         refused.iter().skip(BURST as usize).all(|s| *s == 429),
         "{refused:?}"
     );
-    gateway.stop().await;
-    user.stop().await;
-    audit.stop().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guesser_spread_over_addresses_is_stopped_per_account_alike_for_unknown_ones() {
     let certs = TestCerts::new();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
-    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
-    let at = |a: SocketAddr| format!("https://{a}");
-    let gateway = RunningGateway::start(
-        &certs,
-        &Upstreams {
-            user: at(user.grpc_addr),
-            order: at(audit.grpc_addr),
-            payment: at(audit.grpc_addr),
-            audit: at(audit.grpc_addr),
-        },
-        GatewayConfig::default(),
-    )
-    .await;
+    let mesh = SignInMesh::start(&certs, GatewayConfig::default()).await;
+    let gateway = &mesh.gateway;
     gateway.new_user("victim@example.com").await;
     let login = |email: &str, password: &str| {
         serde_json::json!({"email": email, "password": password}).to_string()
@@ -178,7 +153,5 @@ async fn a_guesser_spread_over_addresses_is_stopped_per_account_alike_for_unknow
     .await
     .unwrap();
     assert_eq!(r.status, 429);
-    gateway.stop().await;
-    user.stop().await;
-    audit.stop().await;
+    mesh.stop().await;
 }

@@ -4,14 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use ordermesh::roles::{Role, Upstreams};
 use ordermesh_edge_gateway::GatewayConfig;
 use ordermesh_edge_gateway::limits::Limit;
-use ordermesh_tests::gateway::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, RunningGateway, user_service_with_admin,
-};
+use ordermesh_tests::gateway::{ADMIN_EMAIL, ADMIN_PASSWORD, SignInMesh};
 use ordermesh_tests::http::Api;
-use ordermesh_tests::mesh::{RunningService, TestCerts};
+use ordermesh_tests::mesh::TestCerts;
 use serde_json::json;
 
 /// How long until `api`'s token is refused on `path` (bounded at 10 s).
@@ -42,18 +39,8 @@ async fn refused_after(api: &Api, path: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_access_tokens_are_refused_within_seconds() {
     let certs = TestCerts::new();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
-    let user = user_service_with_admin(&certs, dirs[1].path(), audit.grpc_addr).await;
-    let at = |a: std::net::SocketAddr| format!("https://{a}");
-    let gateway = RunningGateway::start(
+    let mesh = SignInMesh::start(
         &certs,
-        &Upstreams {
-            user: at(user.grpc_addr),
-            order: at(audit.grpc_addr),
-            payment: at(audit.grpc_addr),
-            audit: at(audit.grpc_addr),
-        },
         GatewayConfig {
             revocation_poll: Duration::from_millis(500),
             // Many sign-ins from one address here; this test is not about limits.
@@ -65,6 +52,7 @@ async fn revoked_access_tokens_are_refused_within_seconds() {
         },
     )
     .await;
+    let gateway = &mesh.gateway;
     let anon = gateway.anonymous();
     let password = "correct horse battery";
     let sign_in = |email: &'static str| {
@@ -151,7 +139,5 @@ async fn revoked_access_tokens_are_refused_within_seconds() {
     for d in [after_logout, after_reuse, after_demotion] {
         assert!(d < Duration::from_secs(2), "refused only after {d:?}");
     }
-    gateway.stop().await;
-    user.stop().await;
-    audit.stop().await;
+    mesh.stop().await;
 }

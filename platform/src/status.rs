@@ -85,10 +85,8 @@ pub fn invalid(field: &str, description: &str) -> Status {
     }])
 }
 
-/// A status with a machine-readable reason (`google.rpc.ErrorInfo`), e.g.
-/// `FAILED_PRECONDITION` / `INSUFFICIENT_FUNDS`.
-pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    let detail = prost_types::Any {
+fn error_info(reason: &str) -> prost_types::Any {
+    prost_types::Any {
         type_url: ERROR_INFO_TYPE.into(),
         value: ErrorInfo {
             reason: reason.into(),
@@ -96,8 +94,13 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Stat
             metadata: Default::default(),
         }
         .encode_to_vec(),
-    };
-    with_details(code, message.into(), vec![detail])
+    }
+}
+
+/// A status with a machine-readable reason (`google.rpc.ErrorInfo`), e.g.
+/// `FAILED_PRECONDITION` / `INSUFFICIENT_FUNDS`.
+pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    with_details(code, message.into(), vec![error_info(reason)])
 }
 
 /// A status with a reason and when to try again (`google.rpc.RetryInfo`), which the gateway
@@ -108,15 +111,6 @@ pub fn retry_later(
     after: std::time::Duration,
     message: impl Into<String>,
 ) -> Status {
-    let info = prost_types::Any {
-        type_url: ERROR_INFO_TYPE.into(),
-        value: ErrorInfo {
-            reason: reason.into(),
-            domain: ERROR_DOMAIN.into(),
-            metadata: Default::default(),
-        }
-        .encode_to_vec(),
-    };
     let retry = prost_types::Any {
         type_url: RETRY_INFO_TYPE.into(),
         value: RetryInfo {
@@ -127,7 +121,7 @@ pub fn retry_later(
         }
         .encode_to_vec(),
     };
-    with_details(code, message.into(), vec![info, retry])
+    with_details(code, message.into(), vec![error_info(reason), retry])
 }
 
 /// The details a status carries, decoded.

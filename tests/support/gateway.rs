@@ -105,3 +105,42 @@ pub async fn user_service_with_admin(
     config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
     RunningService::start_config(Role::User, config).await
 }
+
+/// The gateway in front of real audit- and user-services (the bootstrap admin included); the
+/// other backends point at audit-service, for tests that need sign-in and nothing else.
+pub struct SignInMesh {
+    pub audit: RunningService,
+    pub user: RunningService,
+    pub gateway: RunningGateway,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl SignInMesh {
+    pub async fn start(certs: &TestCerts, config: GatewayConfig) -> Self {
+        let dirs: Vec<_> = (0..2)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let audit = RunningService::start(Role::Audit, certs, dirs[0].path()).await;
+        let user = user_service_with_admin(certs, dirs[1].path(), audit.grpc_addr).await;
+        let at = |a: SocketAddr| format!("https://{a}");
+        let upstreams = Upstreams {
+            user: at(user.grpc_addr),
+            order: at(audit.grpc_addr),
+            payment: at(audit.grpc_addr),
+            audit: at(audit.grpc_addr),
+        };
+        let gateway = RunningGateway::start(certs, &upstreams, config).await;
+        Self {
+            audit,
+            user,
+            gateway,
+            _dirs: dirs,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+        self.user.stop().await;
+        self.audit.stop().await;
+    }
+}

@@ -270,6 +270,24 @@ impl UserServer {
         }))
     }
 
+    /// Marks a session revoked and, in the same write, records `action` for the audit trail
+    /// and a revocation the gateway follows, so the session's access tokens stop too.
+    async fn end_session(
+        &self,
+        id: &str,
+        session: &mut SessionRecord,
+        version: u64,
+        action: &str,
+    ) -> Result<(), UserStoreError> {
+        session.revoked = true;
+        let user = format!("users/{}", session.user_id);
+        let event = self.outbox.event(&user, action, &user);
+        let ended = revocations::write(Kind::Session, id, self.tokens.access_ttl);
+        self.store
+            .update_session(id, session, version, vec![self.outbox.write(event), ended])
+            .await
+    }
+
     /// Resolves `users/me` or `users/{id}` for the caller; another user's profile reads as
     /// NOT_FOUND unless the caller is an admin (or an operator workload).
     fn resolve_name(
@@ -441,21 +459,8 @@ impl UserService for UserServer {
                 .any(|h| sessions::same_hash(&presented, h))
             {
                 // A rotated token came back: someone else holds it. End the whole session.
-                session.revoked = true;
-                let event = self.outbox.event(
-                    &format!("users/{}", session.user_id),
-                    "user.session_revoked",
-                    &format!("users/{}", session.user_id),
-                );
-                let ended = revocations::write(Kind::Session, &id, self.tokens.access_ttl);
                 match self
-                    .store
-                    .update_session(
-                        &id,
-                        &session,
-                        version,
-                        vec![self.outbox.write(event), ended],
-                    )
+                    .end_session(&id, &mut session, version, "user.session_revoked")
                     .await
                 {
                     Ok(()) => {}
@@ -490,20 +495,7 @@ impl UserService for UserServer {
         if !known {
             return Err(Status::unauthenticated("invalid refresh token"));
         }
-        session.revoked = true;
-        let event = self.outbox.event(
-            &format!("users/{}", session.user_id),
-            "user.logged_out",
-            &format!("users/{}", session.user_id),
-        );
-        let ended = revocations::write(Kind::Session, &id, self.tokens.access_ttl);
-        self.store
-            .update_session(
-                &id,
-                &session,
-                version,
-                vec![self.outbox.write(event), ended],
-            )
+        self.end_session(&id, &mut session, version, "user.logged_out")
             .await?;
         self.outbox.notify();
         Ok(Response::new(LogoutResponse {}))
