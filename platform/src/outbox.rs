@@ -199,13 +199,18 @@ impl Relay {
             if shutdown.is_triggered() {
                 return;
             }
-            let outcome = if sweep {
+            let partitions: Vec<u32> = if sweep {
                 let start = rand::rng().random_range(0..PARTITIONS);
-                self.deliver((0..PARTITIONS).map(|i| (start + i) % PARTITIONS))
-                    .await
+                (0..PARTITIONS).map(|i| (start + i) % PARTITIONS).collect()
             } else {
                 next_idle = (next_idle + 1) % PARTITIONS;
-                self.deliver(std::iter::once(next_idle)).await
+                vec![next_idle]
+            };
+            // Shutdown does not wait for a delivery in flight: its events stay in the outbox
+            // (delivery is at least once) and another replica or the next start sends them.
+            let outcome = tokio::select! {
+                r = self.deliver(partitions.into_iter()) => r,
+                _ = shutdown.wait() => return,
             };
             let wait = match outcome {
                 Ok(0) => {

@@ -529,7 +529,13 @@ impl OrderSaga {
                     }
                 };
                 for item in work {
-                    if let Err(e) = saga.redrive(&item).await {
+                    // Shutdown does not wait for an attempt in flight: every step is idempotent,
+                    // and the item's lease expires for whichever replica goes on.
+                    let outcome = tokio::select! {
+                        r = saga.redrive(&item) => r,
+                        _ = shutdown.wait() => return,
+                    };
+                    if let Err(e) = outcome {
                         tracing::warn!(order = %item.order_id, error = %e, "re-drive failed");
                     }
                 }
