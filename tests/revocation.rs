@@ -108,6 +108,24 @@ async fn revoked_access_tokens_are_refused_within_seconds() {
     assert_eq!(reuse.status, 401);
     let after_reuse = refused_after(&api, "/v1/users/me").await;
 
+    // A profile change is no revocation: the token that made it keeps working.
+    let (profile, _) = sign_in("rev@example.com").await;
+    let me = profile.get("/v1/users/me").await.json();
+    let renamed = profile
+        .call(
+            "PATCH",
+            &format!("/v1/{}", me["name"].as_str().unwrap()),
+            Some(json!({"displayName": "Renamed"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        profile.get("/v1/users/me").await.status,
+        200,
+        "still accepted"
+    );
+
     // A demoted admin's token stops carrying its old roles.
     let admin = gateway.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let (target, _) = sign_in("rev@example.com").await;

@@ -576,15 +576,7 @@ impl UserService for UserServer {
             &format!("users/{id}"),
         );
         self.store
-            .update(
-                &record,
-                version,
-                vec![
-                    self.outbox.write(event),
-                    // Access tokens carrying the old roles stop counting.
-                    revocations::write(Kind::User, &record.id, self.tokens.access_ttl),
-                ],
-            )
+            .update(&record, version, vec![self.outbox.write(event)])
             .await?;
         self.outbox.notify();
         Ok(Response::new(to_proto(&record)))
