@@ -28,17 +28,15 @@ use ordermesh_contracts::audit::ListEventsRequest;
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
 use ordermesh_contracts::order::catalog_service_client::CatalogServiceClient;
 use ordermesh_contracts::order::order_service_client::OrderServiceClient;
-use ordermesh_contracts::order::{
-    CreateProductRequest, GetOrderRequest, Order, OrderState, Product,
-};
+use ordermesh_contracts::order::{CreateProductRequest, OrderState, Product};
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
 use ordermesh_platform::client::{ChannelFactory, MeshChannel};
 use ordermesh_platform::identity::workloads;
 use ordermesh_platform::metrics::Metrics;
 use ordermesh_platform::money::money;
 use ordermesh_tests::http::{HttpResponse, try_request_from};
-use ordermesh_tests::ledger::assert_books_balance;
-use ordermesh_tests::mesh::{NAMESPACE, TRUST_DOMAIN, TestCerts, as_user, with_roles};
+use ordermesh_tests::ledger::{assert_books_balance, settled};
+use ordermesh_tests::mesh::{NAMESPACE, TRUST_DOMAIN, TestCerts, with_roles};
 use ordermesh_tests::process::{OrdermeshBinary, RoleCommand, terminate};
 use serde_json::json;
 
@@ -372,23 +370,6 @@ fn channel(certs: &TestCerts, target: &str, endpoints: &str) -> MeshChannel {
     .expect("channel factory")
     .channel(target, endpoints)
     .expect("channel")
-}
-
-async fn settled(orders: &OrderServiceClient<MeshChannel>, user: &str, name: &str) -> Order {
-    for _ in 0..600 {
-        if let Ok(o) = orders
-            .clone()
-            .get_order(as_user(GetOrderRequest { name: name.into() }, user))
-            .await
-        {
-            let o = o.into_inner();
-            if o.state != OrderState::PendingPayment as i32 {
-                return o;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} still PENDING_PAYMENT after 60 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,8 +15,8 @@ use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
 use ordermesh_contracts::order::catalog_service_client::CatalogServiceClient;
 use ordermesh_contracts::order::order_service_client::OrderServiceClient;
 use ordermesh_contracts::order::{
-    CancelOrderRequest, CreateOrderRequest, CreateProductRequest, GetOrderRequest,
-    GetProductRequest, Order, OrderItem, OrderState, Product,
+    CancelOrderRequest, CreateOrderRequest, CreateProductRequest, GetProductRequest, Order,
+    OrderItem, OrderState, Product,
 };
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
 use ordermesh_contracts::payment::{DepositRequest, TransactionKind};
@@ -25,7 +25,7 @@ use ordermesh_platform::identity::workloads;
 use ordermesh_platform::money::money;
 use ordermesh_platform::store::faults::{Faults, WriteFault};
 use ordermesh_platform::store::schema::StoreConfig;
-use ordermesh_tests::ledger::{all_transactions, assert_books_balance, balance};
+use ordermesh_tests::ledger::{all_transactions, assert_books_balance, balance, settled};
 use ordermesh_tests::mesh::{RunningService, TestCerts, as_user, no_upstreams, with_roles};
 use ordermesh_tests::process::ServiceProcess;
 use tonic::Code;
@@ -97,21 +97,6 @@ async fn place(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("order never placed");
-}
-
-async fn settled(certs: &TestCerts, order: SocketAddr, user: &str, name: &str) -> Order {
-    for _ in 0..300 {
-        let o = orders(certs, order)
-            .get_order(as_user(GetOrderRequest { name: name.into() }, user))
-            .await
-            .expect("get order")
-            .into_inner();
-        if o.state != OrderState::PendingPayment as i32 {
-            return o;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} still PENDING_PAYMENT after 30 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -201,7 +186,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
         let (u, placed) = t.await.expect("traffic task");
         let mut settled_orders = Vec::new();
         for o in placed {
-            settled_orders.push(settled(&certs, order_addr, &u, &o.name).await);
+            settled_orders.push(settled(&orders(&certs, order_addr), &u, &o.name).await);
         }
         by_user.insert(u, settled_orders);
     }
@@ -244,7 +229,7 @@ async fn payment_killed_and_audit_stopped_mid_traffic_lose_no_money_and_no_event
         }
         let mut now = Vec::new();
         for o in placed {
-            now.push(settled(&certs, order_addr, u, &o.name).await);
+            now.push(settled(&orders(&certs, order_addr), u, &o.name).await);
         }
         // Refunds settle asynchronously; wait (bounded) for the books to show them.
         let mut ok = false;
@@ -441,7 +426,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
         after_commit: true,
     });
     let placed = place(&orders(&certs, order_addr), user, order_of("A", 2, "o-2")).await;
-    let first = settled(&certs, order_addr, user, &placed.name).await;
+    let first = settled(&orders(&certs, order_addr), user, &placed.name).await;
     assert_eq!(first.state, OrderState::Confirmed as i32, "{first:?}");
 
     // The charge lands but confirming the order cannot be written: the call fails
@@ -460,7 +445,7 @@ async fn store_failures_leave_no_partial_write_and_answer_retryably() {
     assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
     order_faults.clear();
     let placed = place(&orders(&certs, order_addr), user, order_of("A", 1, "o-3")).await;
-    let second = settled(&certs, order_addr, user, &placed.name).await;
+    let second = settled(&orders(&certs, order_addr), user, &placed.name).await;
     assert_eq!(second.state, OrderState::Confirmed as i32, "{second:?}");
     assert_books_balance(
         &wallets(&certs, payment_addr),

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use ordermesh_contracts::order::Order;
+use ordermesh_contracts::order::order_service_client::OrderServiceClient;
+use ordermesh_contracts::order::{GetOrderRequest, Order, OrderState};
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
 use ordermesh_contracts::payment::{
     GetWalletRequest, ListTransactionsRequest, Transaction, TransactionKind,
@@ -99,4 +100,23 @@ pub async fn assert_books_balance(
         deposits - charges + refunds,
         "wallet = deposits − charges + refunds"
     );
+}
+
+/// The order once its payment is settled (no longer PENDING_PAYMENT), waiting up to 60 s; a
+/// read that fails meanwhile (a replica restarting) is tried again.
+pub async fn settled(orders: &OrderServiceClient<MeshChannel>, user: &str, name: &str) -> Order {
+    for _ in 0..600 {
+        if let Ok(o) = orders
+            .clone()
+            .get_order(as_user(GetOrderRequest { name: name.into() }, user))
+            .await
+        {
+            let o = o.into_inner();
+            if o.state != OrderState::PendingPayment as i32 {
+                return o;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name} still PENDING_PAYMENT after 60 s");
 }
