@@ -134,3 +134,85 @@ async fn idle_and_half_sent_connections_are_closed_and_greedy_clients_capped() {
     eprintln!("connection hygiene: the bystander was answered in {waited:?} during the attack");
     gateway.stop().await;
 }
+
+/// The whole answer to `request` on a fresh connection (the server closes after these).
+async fn raw_answer(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before taking all of an oversized head.
+    let _ = s.write_all(request).await;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_hyper_writes_itself_are_problems_with_the_security_headers_and_a_request_id() {
+    let certs = TestCerts::new();
+    let gateway = RunningGateway::start(
+        &certs,
+        &all_at("127.0.0.1:1".parse().unwrap()),
+        GatewayConfig::default(),
+    )
+    .await;
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(600_000)
+    );
+    let cases: [(&str, &[u8], &str, &str); 3] = [
+        (
+            "a header line without a colon",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            "400",
+            "malformed-request",
+        ),
+        (
+            "a head larger than the server's buffer",
+            huge_header.as_bytes(),
+            "431",
+            "headers-too-large",
+        ),
+        (
+            "an unknown HTTP version",
+            b"GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n",
+            "",
+            "",
+        ),
+    ];
+    for (what, request, status, kind) in cases {
+        let answer = raw_answer(gateway.addr, request).await;
+        let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+            panic!("{what}: no answer: {answer:?}");
+        };
+        let head = head.to_ascii_lowercase();
+        if !status.is_empty() {
+            assert!(
+                head.starts_with(&format!("http/1.1 {status} ")),
+                "{what}: {head}"
+            );
+        }
+        assert!(
+            head.contains("\r\nx-request-id: "),
+            "{what}: no request id: {head}"
+        );
+        for (name, value) in ordermesh_platform::http_error_heads::SECURITY_HEADERS {
+            assert!(
+                head.contains(&format!("\r\n{name}: {}", value.to_ascii_lowercase())),
+                "{what}: no {name}: {head}"
+            );
+        }
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{what}: {head}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: body {body:?} is not JSON: {e}"));
+        if !kind.is_empty() {
+            assert_eq!(
+                problem["type"],
+                format!("urn:ordermesh:problem:{kind}"),
+                "{what}"
+            );
+        }
+    }
+    gateway.stop().await;
+}

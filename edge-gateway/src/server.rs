@@ -37,7 +37,8 @@ use crate::problem::Problem;
 use crate::routes::{self, Resolved, Route};
 use crate::transcode::{self, TranscodeError};
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub use ordermesh_platform::http_error_heads::REQUEST_ID;
+use ordermesh_platform::http_error_heads::SECURITY_HEADERS;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -687,20 +688,9 @@ async fn handle(
 
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    h.insert(
-        "strict-transport-security",
-        HeaderValue::from_static("max-age=31536000"),
-    );
+    for (name, value) in SECURITY_HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     res

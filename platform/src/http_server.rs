@@ -16,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::{Admission, AdmissionLimits, Refusal};
+use crate::http_error_heads::{ErrorHeads, problem_response};
 use crate::server::DRAIN_TIMEOUT;
 
 /// How an HTTP listener treats its connections.
@@ -47,24 +48,31 @@ impl Default for HttpSettings {
     }
 }
 
-const REFUSAL: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-connection: close\r\nretry-after: 1\r\ncontent-length: 87\r\n\r\n\
-{\"type\":\"urn:ordermesh:problem:unavailable\",\"title\":\"Service Unavailable\",\"status\":503}";
+/// The answer to a connection over the caps.
+fn refusal() -> Vec<u8> {
+    problem_response(
+        503,
+        "unavailable",
+        "Service Unavailable",
+        "too many connections; retry shortly",
+    )
+}
 
 #[cfg(test)]
 #[test]
 fn the_refusal_is_well_formed() {
-    let text = std::str::from_utf8(REFUSAL).unwrap();
+    let bytes = refusal();
+    let text = std::str::from_utf8(&bytes).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.contains(&format!("content-length: {}", body.len())));
+    assert!(head.contains("retry-after: 1") && head.contains("x-request-id: "));
     serde_json::from_str::<serde_json::Value>(body).unwrap();
 }
 
 /// Tells a refused client why, if its socket takes the bytes at once, and closes.
 fn refuse(stream: TcpStream, peer: SocketAddr, why: Refusal) {
     tracing::debug!(%peer, ?why, "connection refused");
-    let _ = stream.try_write(REFUSAL);
+    let _ = stream.try_write(&refusal());
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for open requests.
@@ -115,7 +123,10 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_timeout)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            .serve_connection(
+                TokioIo::new(ErrorHeads::new(stream)),
+                TowerToHyperService::new(app),
+            );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ticket = ticket;

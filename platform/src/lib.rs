@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod fd_limit;
+pub mod http_error_heads;
 pub mod http_server;
 pub mod identity;
 pub mod istio_policy;
