@@ -123,6 +123,16 @@ async fn the_audit_tail_streams_as_sse_or_ndjson_and_ends_with_an_error_event() 
         .unwrap();
     assert_eq!(error["status"], 503, "{error}");
     assert!(error["requestId"].is_string(), "{error}");
+    assert_eq!(
+        error["type"], "urn:ordermesh:problem:unavailable",
+        "{error}"
+    );
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("resume with after_sequence=")),
+        "the backend's own message, with its resume hint, reaches the client: {error}"
+    );
     let ended = ndjson
         .read_until(WAIT, |r| {
             ndjson_lines(r).last().is_some_and(|l| l["status"] == 503)

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod openapi;
 pub mod overview;
 pub mod problem;
+pub mod proto_json;
 pub mod revocations;
 pub mod routes;
 pub mod server;

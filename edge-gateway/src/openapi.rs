@@ -9,9 +9,19 @@ use serde_json::{Map, Value, json};
 
 use crate::routes::Route;
 
+/// A path parameter: its OpenAPI name and the request field it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathParam {
+    pub name: String,
+    pub field: String,
+}
+
 /// `/v1/{name=orders/*}:cancel` → `/v1/orders/{name}:cancel` (OpenAPI parameters are one
-/// segment; the literal parts of a resource-name pattern stay in the path).
-pub fn openapi_path(template: &str) -> (String, Vec<String>) {
+/// segment; the literal parts of a resource-name pattern stay in the path). A parameter is
+/// named by the last part of its field path (`{product.name=products/*}` →
+/// `/v1/products/{name}`), so two operations on one resource share one path template, as
+/// generators require.
+pub fn openapi_path(template: &str) -> (String, Vec<PathParam>) {
     let mut out = String::new();
     let mut params = Vec::new();
     let mut rest = template;
@@ -28,8 +38,12 @@ pub fn openapi_path(template: &str) -> (String, Vec<String>) {
             out.push_str(l);
             out.push('/');
         }
-        out.push_str(&format!("{{{field}}}"));
-        params.push(field.to_string());
+        let name = field.rsplit('.').next().unwrap_or(field);
+        out.push_str(&format!("{{{name}}}"));
+        params.push(PathParam {
+            name: name.to_string(),
+            field: field.to_string(),
+        });
         rest = &rest[(close + 1).min(rest.len())..];
     }
     out.push_str(rest);
@@ -87,8 +101,19 @@ fn field_schema(field: &FieldDescriptor, refs: &mut Vec<MessageDescriptor>) -> V
 }
 
 fn message_schema(m: &MessageDescriptor, refs: &mut Vec<MessageDescriptor>) -> Value {
+    message_schema_without(m, &[], refs)
+}
+
+/// The schema of `m` without the fields named in `left_out` (proto names): a request body
+/// leaves out what the URL binds.
+fn message_schema_without(
+    m: &MessageDescriptor,
+    left_out: &[&str],
+    refs: &mut Vec<MessageDescriptor>,
+) -> Value {
     let properties: Map<String, Value> = m
         .fields()
+        .filter(|f| !left_out.contains(&f.name()))
         .map(|f| (f.json_name().to_string(), field_schema(&f, refs)))
         .collect();
     json!({"type": "object", "properties": properties, "additionalProperties": false})
@@ -111,10 +136,46 @@ fn problem_schema() -> Value {
     })
 }
 
+/// The schema of a request body: the input message (`body: "*"`) or one of its fields, less
+/// what the URL binds (`PATCH /v1/products/{name}` takes the product without its name).
+fn body_message_schema(
+    body: &str,
+    input: &MessageDescriptor,
+    path_params: &[PathParam],
+    refs: &mut Vec<MessageDescriptor>,
+) -> Option<Value> {
+    let (message, prefix) = if body == "*" {
+        (input.clone(), String::new())
+    } else {
+        let field = input.get_field_by_name(body)?;
+        match field.kind() {
+            Kind::Message(m)
+                if !field.is_list()
+                    && !field.is_map()
+                    && !m.full_name().starts_with("google.protobuf.") =>
+            {
+                (m, format!("{body}."))
+            }
+            _ => return Some(field_schema(&field, refs)),
+        }
+    };
+    let bound: Vec<&str> = path_params
+        .iter()
+        .filter_map(|p| p.field.strip_prefix(prefix.as_str()))
+        .filter(|f| !f.contains('.'))
+        .collect();
+    if bound.is_empty() {
+        refs.push(message.clone());
+        return Some(json!({"$ref": format!("#/components/schemas/{}", message.full_name())}));
+    }
+    Some(message_schema_without(&message, &bound, refs))
+}
+
 /// The document for `routes`.
 pub fn document(routes: &[Route]) -> Value {
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut refs: Vec<MessageDescriptor> = Vec::new();
+    let mut operation_ids: BTreeMap<&str, usize> = BTreeMap::new();
     for route in routes {
         let (path, path_params) = openapi_path(&route.template);
         let input = route.rpc.descriptor.input();
@@ -122,15 +183,16 @@ pub fn document(routes: &[Route]) -> Value {
         let mut parameters: Vec<Value> = path_params
             .iter()
             .map(|p| {
-                json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"},
-                "description": format!("the last segment of the resource name bound to `{p}`")})
+                json!({"name": p.name, "in": "path", "required": true,
+                "schema": {"type": "string", "pattern": "^[^/]+$"},
+                "description": format!("the last segment of the resource name bound to `{}`", p.field)})
             })
             .collect();
         if route.body != "*" {
             for f in input.fields() {
                 let bound = path_params
                     .iter()
-                    .any(|p| p.split('.').next() == Some(f.name()));
+                    .any(|p| p.field.split('.').next() == Some(f.name()));
                 let scalar = !matches!(f.kind(), Kind::Message(ref m) if !matches!(m.full_name(),
                     "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"));
                 if !bound && f.name() != route.body && scalar && !f.is_map() {
@@ -141,8 +203,15 @@ pub fn document(routes: &[Route]) -> Value {
                 }
             }
         }
+        // An RPC with additional bindings has one operation per binding, each its own id.
+        let seen = operation_ids.entry(route.rpc.method.as_str()).or_default();
+        *seen += 1;
+        let operation_id = match *seen {
+            1 => route.rpc.method.clone(),
+            n => format!("{}{n}", route.rpc.method),
+        };
         let mut op = json!({
-            "operationId": route.rpc.method,
+            "operationId": operation_id,
             "tags": [route.rpc.service.rsplit('.').next().unwrap_or_default()],
             "summary": route.rpc.descriptor.input().name(),
             "parameters": parameters,
@@ -158,8 +227,13 @@ pub fn document(routes: &[Route]) -> Value {
             }
         });
         if route.rpc.server_streaming {
-            op["responses"]["200"]["content"]["text/event-stream"] =
-                json!({"schema": {"type": "string"}});
+            // As served: one JSON message per line by default, Server-Sent Events on request.
+            let message = op["responses"]["200"]["content"]["application/json"]["schema"].take();
+            op["responses"]["200"]["content"] = json!({
+                "application/x-ndjson": {"schema": message},
+                "text/event-stream": {"schema": {"type": "string",
+                    "description": "`event: message` with one JSON message per event; `event: error` with a problem ends the stream"}},
+            });
         }
         match route.rpc.audience {
             Audience::Public => op["security"] = json!([]),
@@ -171,23 +245,23 @@ pub fn document(routes: &[Route]) -> Value {
         }
         let body_schema = match route.body.as_str() {
             "" => None,
-            "*" => {
-                refs.push(input.clone());
-                Some(json!({"$ref": format!("#/components/schemas/{}", input.full_name())}))
-            }
-            field => input
-                .get_field_by_name(field)
-                .map(|f| field_schema(&f, &mut refs)),
+            body => body_message_schema(body, &input, &path_params, &mut refs),
         };
         if let Some(schema) = body_schema {
+            // An empty body is accepted (every field takes its default); the service says
+            // what it requires.
             op["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+                json!({"required": false, "content": {"application/json": {"schema": schema}}});
         }
         paths
             .entry(path)
             .or_default()
             .insert(route.method.as_str().to_lowercase(), op);
     }
+    paths
+        .entry(crate::overview::PATH.to_string())
+        .or_default()
+        .insert("get".into(), crate::overview::operation(&mut refs));
     let mut schemas = Map::new();
     schemas.insert("Problem".into(), problem_schema());
     while let Some(m) = refs.pop() {
@@ -216,7 +290,13 @@ mod tests {
     fn paths_keep_resource_literals() {
         assert_eq!(
             openapi_path("/v1/{name=orders/*}:cancel"),
-            ("/v1/orders/{name}:cancel".into(), vec!["name".into()])
+            (
+                "/v1/orders/{name}:cancel".into(),
+                vec![PathParam {
+                    name: "name".into(),
+                    field: "name".into()
+                }]
+            )
         );
         assert_eq!(
             openapi_path("/v1/products"),
@@ -224,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             openapi_path("/v1/{product.name=products/*}").0,
-            "/v1/products/{product.name}"
+            "/v1/products/{name}"
         );
     }
 
@@ -253,6 +333,56 @@ mod tests {
             doc["paths"]["/v1/orders"]["post"]["security"],
             json!([{"bearer": []}])
         );
+        // Generators refuse two templates that differ only in variable names.
+        let mut shapes: Vec<String> = paths
+            .keys()
+            .map(|p| {
+                let mut shape = String::new();
+                let mut inside = false;
+                for c in p.chars() {
+                    match c {
+                        '{' => {
+                            inside = true;
+                            shape.push_str("{}");
+                        }
+                        '}' => inside = false,
+                        c if !inside => shape.push(c),
+                        _ => {}
+                    }
+                }
+                shape
+            })
+            .collect();
+        let before = shapes.len();
+        shapes.sort();
+        shapes.dedup();
+        assert_eq!(
+            shapes.len(),
+            before,
+            "{:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+        // Operation ids are unique; a path-bound field is not in the body.
+        let mut ids: Vec<&str> = paths
+            .values()
+            .flat_map(|ops| {
+                ops.as_object()
+                    .into_iter()
+                    .flat_map(|o| o.values())
+                    .filter_map(|op| op["operationId"].as_str())
+            })
+            .collect();
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operation ids repeat");
+        let patch = &doc["paths"]["/v1/products/{name}"]["patch"];
+        let body = &patch["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body["properties"]["stock"].is_object(), "{body}");
+        assert!(body["properties"].get("name").is_none(), "{body}");
+        let tail = &doc["paths"]["/v1/audit/events:tail"]["get"]["responses"]["200"]["content"];
+        assert!(tail["application/x-ndjson"].is_object() && tail["text/event-stream"].is_object());
+        assert!(doc["paths"]["/v1/me/overview"]["get"].is_object());
         let money = &schemas["ordermesh.type.v1.Money"]["properties"];
         assert_eq!(money["amountMinor"]["type"], "string");
     }

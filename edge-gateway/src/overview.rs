@@ -19,6 +19,53 @@ use crate::problem::Problem;
 
 const RECENT_ORDERS: i32 = 5;
 
+pub const PATH: &str = "/v1/me/overview";
+
+/// The OpenAPI operation of this endpoint: the shapes it composes are the contracts' own.
+pub fn operation(refs: &mut Vec<prost_reflect::MessageDescriptor>) -> Value {
+    let mut schema_of = |method_path: &str| {
+        ordermesh_contracts::descriptors::method_by_path(method_path).map(|rpc| {
+            let output = rpc.descriptor.output();
+            refs.push(output.clone());
+            json!({"$ref": format!("#/components/schemas/{}", output.full_name())})
+        })
+    };
+    let user = schema_of("/ordermesh.user.v1.UserService/GetUser");
+    let wallet = schema_of("/ordermesh.payment.v1.PaymentService/GetWallet");
+    let orders = schema_of("/ordermesh.order.v1.OrderService/ListOrders")
+        .map(|_| json!({"type": "array", "items": {"$ref": "#/components/schemas/ordermesh.order.v1.Order"}}));
+    if let Some(order) = ordermesh_contracts::descriptors::method_by_path(
+        "/ordermesh.order.v1.OrderService/GetOrder",
+    ) {
+        refs.push(order.descriptor.output());
+    }
+    json!({
+        "operationId": "GetOverview",
+        "tags": ["Overview"],
+        "summary": "The caller's profile, balances and recent orders in one answer",
+        "description": "Composed by the gateway from GetUser, GetWallet and ListOrders, called in parallel. The profile is required; a wallet or order part that fails is null and listed in `unavailable`.",
+        "security": [{"bearer": []}],
+        "parameters": [],
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["profile", "wallet", "recentOrders", "unavailable"],
+                "properties": {
+                    "profile": user,
+                    "wallet": {"anyOf": [wallet, {"type": "null"}]},
+                    "recentOrders": {"anyOf": [orders, {"type": "null"}]},
+                    "unavailable": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"part": {"type": "string"}, "status": {"type": "integer"}}
+                    }}
+                }
+            }}}},
+            "default": {"description": "An error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        }
+    })
+}
+
 fn request<T>(msg: T, metadata: &MetadataMap, deadline: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     *req.metadata_mut() = metadata.clone();

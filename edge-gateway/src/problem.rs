@@ -16,6 +16,31 @@ pub struct Problem {
     pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
+/// The problem type of a gRPC code: its canonical name in kebab case (`INVALID_ARGUMENT` →
+/// `invalid-argument`), the same whether the gateway or a backend found the condition.
+pub fn code_kind(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid-argument",
+        Code::DeadlineExceeded => "deadline-exceeded",
+        Code::NotFound => "not-found",
+        Code::AlreadyExists => "already-exists",
+        Code::PermissionDenied => "permission-denied",
+        Code::ResourceExhausted => "resource-exhausted",
+        Code::FailedPrecondition => "failed-precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out-of-range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data-loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
 impl Problem {
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Self {
@@ -70,12 +95,12 @@ impl Problem {
             Code::DeadlineExceeded => "a backend service did not answer in time".to_string(),
             _ => s.message().to_string(),
         };
-        let kind = details
-            .reason
-            .clone()
-            .unwrap_or_else(|| format!("{:?}", s.code()))
-            .to_lowercase()
-            .replace(['_', ' '], "-");
+        // A backend's reason names its condition (`INSUFFICIENT_FUNDS`); otherwise the code
+        // does, spelled as the gateway spells the same condition.
+        let kind = match &details.reason {
+            Some(reason) => reason.to_lowercase().replace(['_', ' '], "-"),
+            None => code_kind(s.code()).to_string(),
+        };
         let mut p = Self::new(http, &kind, detail);
         p.violations = details
             .violations
@@ -92,7 +117,24 @@ impl Problem {
         p
     }
 
-    pub fn into_response_with(self, request_id: &str) -> Response {
+    /// The problem for the status that ended a stream. A status the backend sent (it has no
+    /// local cause) keeps its message unless it is an internal error: a backend that ends a
+    /// stream on purpose says how to resume (`resume with after_sequence=…`).
+    pub fn stream_end(s: &tonic::Status) -> Self {
+        use std::error::Error;
+        let mut p = Self::from_status(s);
+        let internal = matches!(
+            s.code(),
+            tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::DataLoss
+        );
+        if s.source().is_none() && !internal && !s.message().is_empty() {
+            p.detail = s.message().to_string();
+        }
+        p
+    }
+
+    /// The problem+json document.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
         let mut body = json!({
             "type": format!("urn:ordermesh:problem:{}", self.kind),
             "title": self.status.canonical_reason().unwrap_or("Error"),
@@ -107,6 +149,11 @@ impl Problem {
                 .map(|(f, d)| json!({"field": f, "description": d}))
                 .collect();
         }
+        body
+    }
+
+    pub fn into_response_with(self, request_id: &str) -> Response {
+        let body = self.body(request_id);
         let mut res = (self.status, axum::Json(body)).into_response();
         res.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -158,5 +205,14 @@ mod tests {
         let reasoned =
             status::with_reason(tonic::Code::FailedPrecondition, "INSUFFICIENT_FUNDS", "low");
         assert_eq!(Problem::from_status(&reasoned).kind, "insufficient-funds");
+        for (code, kind) in [
+            (tonic::Code::InvalidArgument, "invalid-argument"),
+            (tonic::Code::NotFound, "not-found"),
+            (tonic::Code::PermissionDenied, "permission-denied"),
+            (tonic::Code::FailedPrecondition, "failed-precondition"),
+        ] {
+            let p = Problem::from_status(&tonic::Status::new(code, "x"));
+            assert_eq!(p.kind, kind, "spelled as the gateway spells it");
+        }
     }
 }

@@ -144,6 +144,7 @@ impl Gateway {
             )
             .route("/readyz", axum::routing::get(readyz))
             .route("/openapi.json", axum::routing::get(openapi_json))
+            .method_not_allowed_fallback(get_only)
             .fallback(handle)
             .with_state(self)
             .layer(cors)
@@ -163,7 +164,11 @@ impl Gateway {
             )
             .route("/metrics", axum::routing::get(metrics_text))
             .route("/health/backends", axum::routing::get(backends_health))
+            .method_not_allowed_fallback(get_only)
+            .fallback(no_such_route)
             .with_state(self)
+            .layer(axum::middleware::map_response(security_headers))
+            .layer(axum::middleware::from_fn(request_id))
     }
 
     /// Serves the public API on `listener` until `shutdown`, draining open requests.
@@ -336,7 +341,7 @@ impl Gateway {
             _ => Bucket::Address,
         };
         let address_budget = self.limit(address_bucket, &format!("ip:{client}"))?;
-        if path == "/v1/me/overview" {
+        if path == crate::overview::PATH {
             if parts.method != Method::GET {
                 return Err(Problem::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -568,12 +573,9 @@ fn stream_response(
         let (event, json) = match item {
             Ok(bytes) => match transcode::response(&desc, &bytes, "") {
                 Ok(v) => ("message", v),
-                Err(e) => ("error", serde_json::json!({"detail": e.to_string(), "requestId": request_id})),
+                Err(e) => ("error", transcode_problem(e).body(&request_id)),
             },
-            Err(s) => {
-                let p = Problem::from_status(&s);
-                ("error", serde_json::json!({"status": p.status.as_u16(), "detail": p.detail, "requestId": request_id}))
-            }
+            Err(s) => ("error", Problem::stream_end(&s).body(&request_id)),
         };
         let text = if sse {
             format!("event: {event}\ndata: {json}\n\n")
@@ -634,7 +636,7 @@ async fn handle(
     let path = req.uri().path().to_string();
     let template = match routes::resolve(&gw.routes, &method, &path) {
         Resolved::Found(r, _) => r.template.clone(),
-        _ if path == "/v1/me/overview" => path.clone(),
+        _ if path == crate::overview::PATH => path.clone(),
         _ => "unmatched".to_string(),
     };
     let span = tracing::info_span!(
@@ -694,6 +696,29 @@ async fn security_headers(mut res: Response) -> Response {
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     res
+}
+
+fn request_id_of(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The gateway's own endpoints answer GET (and HEAD) only; anything else is a 405 problem.
+async fn get_only(headers: http::HeaderMap) -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "allowed: GET, HEAD",
+    )
+    .with_header(header::ALLOW, "GET, HEAD")
+    .into_response_with(request_id_of(&headers))
+}
+
+async fn no_such_route(headers: http::HeaderMap) -> Response {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route")
+        .into_response_with(request_id_of(&headers))
 }
 
 async fn openapi_json(State(gw): State<Arc<Gateway>>) -> Response {

@@ -11,6 +11,7 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value};
 
+use crate::proto_json;
 use crate::routes::{Bindings, Route};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +80,18 @@ fn text_value(field: &FieldDescriptor, name: &str, raw: &str) -> Result<Value, T
                 .and_then(serde_json::Number::from_f64)
                 .ok_or_else(|| bad("must be a number"))?,
         ),
+        // A field mask in the query may name fields as in the proto or as in JSON.
+        Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask" => Value::String(
+            raw.split(',')
+                .map(|path| {
+                    path.split('.')
+                        .map(lower_camel)
+                        .collect::<Vec<_>>()
+                        .join(".")
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         // proto3 JSON accepts integers as strings; the parser checks range and sign.
         _ => Value::String(raw.to_string()),
     })
@@ -137,9 +150,7 @@ pub fn request(
         "" => {}
         "*" => {
             if has_body {
-                match serde_json::from_str::<Value>(body_text)
-                    .map_err(|e| TranscodeError::MalformedJson(e.to_string()))?
-                {
+                match proto_json::parse(body_text).map_err(TranscodeError::MalformedJson)? {
                     Value::Object(obj) => root = obj,
                     _ => return Err(TranscodeError::NotAnObject),
                 }
@@ -147,8 +158,7 @@ pub fn request(
         }
         field => {
             if has_body {
-                let value: Value = serde_json::from_str(body_text)
-                    .map_err(|e| TranscodeError::MalformedJson(e.to_string()))?;
+                let value = proto_json::parse(body_text).map_err(TranscodeError::MalformedJson)?;
                 let fields = field_path(&desc, field)
                     .ok_or_else(|| TranscodeError::Invalid(format!("body field {field}")))?;
                 set_path(&mut root, &fields, value, false).map_err(TranscodeError::Invalid)?;
@@ -197,11 +207,16 @@ pub fn request(
         }
         set_path(&mut root, &fields, v, leaf.is_list()).map_err(TranscodeError::Invalid)?;
     }
+    if let Some(mask) = inferred_update_mask(route, &desc, &root, &bound) {
+        root.insert(UPDATE_MASK_JSON.to_string(), Value::String(mask));
+    }
+    let mut root = Value::Object(root);
+    proto_json::normalize(&desc, &mut root).map_err(TranscodeError::Invalid)?;
     // Track where in the document a value fails, so the 400 names the field.
     let mut track = serde_path_to_error::Track::new();
     let message = DynamicMessage::deserialize_with_options(
         desc,
-        serde_path_to_error::Deserializer::new(Value::Object(root), &mut track),
+        serde_path_to_error::Deserializer::new(root, &mut track),
         &DeserializeOptions::new(),
     )
     .map_err(|e| match track.path().to_string() {
@@ -209,6 +224,102 @@ pub fn request(
         path => TranscodeError::Invalid(format!("{path}: {e}")),
     })?;
     Ok(Bytes::from(message.encode_to_vec()))
+}
+
+const UPDATE_MASK: &str = "update_mask";
+const UPDATE_MASK_JSON: &str = "updateMask";
+
+/// `display_name` → `displayName`; JSON names pass unchanged.
+fn lower_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The field mask a PATCH implies when it names none: the fields present in its body, as
+/// grpc-gateway's `FieldMaskFromRequestBody` derives it, so a partial update never clears what
+/// it did not send. Nested messages contribute their own keys (`unit_price.currency`); a
+/// well-known type, map or list is one path; fields bound from the URL name the resource and
+/// are left out.
+fn inferred_update_mask(
+    route: &Route,
+    desc: &MessageDescriptor,
+    root: &Map<String, Value>,
+    bound: &[&str],
+) -> Option<String> {
+    if route.method != http::Method::PATCH || route.body.is_empty() || route.body == "*" {
+        return None;
+    }
+    let mask_field = desc.get_field_by_name(UPDATE_MASK)?;
+    if !matches!(mask_field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+        || root.contains_key(mask_field.json_name())
+    {
+        return None;
+    }
+    let body_fields = field_path(desc, &route.body)?;
+    let body_field = body_fields.last()?;
+    let Kind::Message(resource) = body_field.kind() else {
+        return None;
+    };
+    let mut node = root;
+    for f in &body_fields {
+        node = node.get(f.json_name())?.as_object()?;
+    }
+    let prefix = format!("{}.", route.body);
+    let skip: Vec<&str> = bound
+        .iter()
+        .filter_map(|b| b.strip_prefix(&prefix))
+        .collect();
+    let mut paths = Vec::new();
+    collect_paths(&resource, node, "", &skip, &mut paths);
+    Some(paths.join(","))
+}
+
+fn collect_paths(
+    desc: &MessageDescriptor,
+    object: &Map<String, Value>,
+    prefix: &str,
+    skip: &[&str],
+    out: &mut Vec<String>,
+) {
+    for (key, value) in object {
+        let Some(field) = desc
+            .get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key))
+        else {
+            // Unknown keys are refused by the parser, naming them.
+            continue;
+        };
+        let path = format!("{prefix}{}", field.name());
+        if skip.contains(&path.as_str()) {
+            continue;
+        }
+        match (field.kind(), value) {
+            (Kind::Message(m), Value::Object(inner))
+                if !field.is_map()
+                    && !field.is_list()
+                    && !m.full_name().starts_with("google.protobuf.") =>
+            {
+                collect_paths(&m, inner, &format!("{path}."), skip, out)
+            }
+            _ => out.push(
+                path.split('.')
+                    .map(lower_camel)
+                    .collect::<Vec<_>>()
+                    .join("."),
+            ),
+        }
+    }
 }
 
 fn root_has(root: &Map<String, Value>, fields: &[FieldDescriptor]) -> bool {

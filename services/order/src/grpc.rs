@@ -121,14 +121,11 @@ impl CatalogService for CatalogServer {
             .product
             .ok_or_else(|| invalid("product", "is required"))?;
         let sku = sku_of_name(&patch.name)?.to_string();
-        let paths: Vec<String> = match req.update_mask {
-            Some(m) if !m.paths.is_empty() => m.paths,
-            _ => vec!["display_name".into(), "unit_price".into(), "stock".into()],
-        };
         let mut v = Violations::new();
+        let paths = product_update_paths(req.update_mask.as_ref(), &patch, &mut v);
         for path in &paths {
-            match path.as_str() {
-                "display_name" | "displayName" => {
+            match *path {
+                "display_name" => {
                     let n = patch.display_name.trim();
                     v.check(
                         !n.is_empty() && n.chars().count() <= 120,
@@ -136,15 +133,14 @@ impl CatalogService for CatalogServer {
                         "must be 1-120 characters",
                     );
                 }
-                "unit_price" | "unitPrice" => {
+                "unit_price" => {
                     money::check_positive(&mut v, "product.unit_price", patch.unit_price.as_ref());
                 }
-                "stock" => v.check(
+                _ => v.check(
                     (0..=catalog::MAX_STOCK).contains(&patch.stock),
                     "product.stock",
                     format!("must be 0..={}", catalog::MAX_STOCK),
                 ),
-                other => v.add("update_mask", format!("{other} cannot be updated")),
             }
         }
         v.into_result()?;
@@ -152,19 +148,68 @@ impl CatalogService for CatalogServer {
             .catalog
             .update(&sku, |p| {
                 for path in &paths {
-                    match path.as_str() {
-                        "display_name" | "displayName" => {
-                            p.display_name = patch.display_name.trim().to_string()
-                        }
-                        "unit_price" | "unitPrice" => p.unit_price = patch.unit_price.clone(),
-                        "stock" => p.stock = patch.stock,
-                        _ => {}
+                    match *path {
+                        "display_name" => p.display_name = patch.display_name.trim().to_string(),
+                        "unit_price" => p.unit_price = patch.unit_price.clone(),
+                        _ => p.stock = patch.stock,
                     }
                 }
             })
             .await?;
         Ok(Response::new(updated))
     }
+}
+
+/// The product fields an update changes: those its mask names (JSON or proto names), or,
+/// with no mask, those it sets (AIP-134), so an update never clears what it did not mention.
+/// A path inside the price (`unit_price.currency`) names the price: a price is replaced
+/// whole, never half-changed.
+fn product_update_paths(
+    mask: Option<&prost_types::FieldMask>,
+    patch: &Product,
+    v: &mut Violations,
+) -> Vec<&'static str> {
+    let mut paths = Vec::new();
+    match mask {
+        Some(m) if !m.paths.is_empty() => {
+            for path in &m.paths {
+                let head = path.split('.').next().unwrap_or_default();
+                let known = match head {
+                    "display_name" | "displayName" if head == path => "display_name",
+                    "unit_price" | "unitPrice" => "unit_price",
+                    "stock" if head == path => "stock",
+                    _ => {
+                        v.add(
+                            "update_mask",
+                            format!("{path} cannot be updated (updatable: display_name, unit_price, stock)"),
+                        );
+                        continue;
+                    }
+                };
+                if !paths.contains(&known) {
+                    paths.push(known);
+                }
+            }
+        }
+        _ => {
+            if !patch.display_name.is_empty() {
+                paths.push("display_name");
+            }
+            if patch.unit_price.is_some() {
+                paths.push("unit_price");
+            }
+            if patch.stock != 0 {
+                paths.push("stock");
+            }
+            if paths.is_empty() {
+                v.add(
+                    "update_mask",
+                    "nothing to update: set a field or name it in the mask",
+                );
+            }
+        }
+    }
+    paths
 }
 
 pub struct OrderServer {

@@ -4,8 +4,9 @@
 
 use ordermesh_contracts::payment::payment_service_server::{PaymentService, PaymentServiceServer};
 use ordermesh_contracts::payment::{
-    ChargeRequest, DepositRequest, GetPaymentRequest, GetWalletRequest, ListTransactionsRequest,
-    ListTransactionsResponse, Payment, RefundRequest, Transaction, TransactionKind, Wallet,
+    Balance, ChargeRequest, DepositRequest, GetBalanceRequest, GetPaymentRequest, GetWalletRequest,
+    ListTransactionsRequest, ListTransactionsResponse, Payment, RefundRequest, Transaction,
+    TransactionKind, Wallet,
 };
 use ordermesh_platform::money::{self, check_positive, money};
 use ordermesh_platform::status::Violations;
@@ -121,6 +122,27 @@ impl PaymentService for PaymentServer {
                 .map(|b| money(&b.currency, b.amount_minor))
                 .collect(),
             update_time,
+        }))
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<GetBalanceRequest>,
+    ) -> Result<Response<Balance>, Status> {
+        let owner = wallet_owner(&request, &request.get_ref().user_id)?;
+        let currency = request.get_ref().currency.as_str();
+        let mut v = Violations::new();
+        money::check_currency(&mut v, "currency", currency);
+        v.into_result()?;
+        let amount = self
+            .wallets
+            .balances(&owner)
+            .await?
+            .iter()
+            .find(|b| b.currency == currency)
+            .map_or(0, |b| b.amount_minor);
+        Ok(Response::new(Balance {
+            balance: Some(money(currency, amount)),
         }))
     }
 

@@ -546,11 +546,18 @@ impl UserService for UserServer {
             .as_ref()
             .ok_or_else(|| invalid("user", "is required"))?;
         let id = self.resolve_name(&patch.name, user.as_ref(), false)?;
+        // With no mask, the fields the update sets (AIP-134): an empty update changes nothing.
         let paths: Vec<String> = match &req.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-            _ => vec!["display_name".into()],
+            _ if !patch.display_name.is_empty() => vec!["display_name".into()],
+            _ => vec![],
         };
         let mut v = Violations::new();
+        v.check(
+            !paths.is_empty(),
+            "update_mask",
+            "nothing to update: set a field or name it in the mask",
+        );
         for path in &paths {
             match path.as_str() {
                 "display_name" | "displayName" => {
