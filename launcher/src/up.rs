@@ -21,6 +21,8 @@ pub enum UpError {
     Certs(#[from] ordermesh_platform::certs::CertError),
     #[error(transparent)]
     Role(#[from] RoleError),
+    #[error("edge-gateway configuration: {0}")]
+    GatewayConfig(#[from] ordermesh_platform::config::ConfigError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -283,10 +285,12 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         .await
         .map_err(io(&options.data_dir))?;
     let admin_addr = admin_listener.local_addr().map_err(io(&options.data_dir))?;
+    // The gateway's limits, timeouts and origins follow the same ORDERMESH_* variables as
+    // `ordermesh serve edge-gateway`; its addresses are up's own.
     let gateway_config = ordermesh_edge_gateway::GatewayConfig {
         http_addr: gateway_addr,
         admin_addr: Some(admin_addr),
-        ..Default::default()
+        ..ordermesh_edge_gateway::GatewayConfig::from_env()?
     };
     let gateway = crate::roles::build_gateway(&gateway_mesh, gateway_config, &upstreams)?;
     {

@@ -20,3 +20,15 @@ pub fn repo_root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default()
 }
+
+/// A program of the Python tools' venv (`ORDERMESH_PY_VENV`, which `.ci/run` prepares with
+/// `tests/support/python-tools.sh`).
+pub fn python_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ORDERMESH_PY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/ordermesh-venv")
+        });
+    venv.join("bin").join(name)
+}

@@ -33,13 +33,7 @@ pub struct MotoServer {
 }
 
 fn python() -> PathBuf {
-    let venv = std::env::var_os("ORDERMESH_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/ordermesh-venv")
-        });
-    venv.join("bin/python")
+    crate::python_tool("python")
 }
 
 fn start() -> Result<MotoServer, String> {

@@ -1,0 +1,158 @@
+//! Schemathesis (property-based, from the Python tools' venv) against `/openapi.json` of a
+//! real `ordermesh up`, once as a signed-in shopper and once as an admin: every operation the
+//! document lists is called with generated valid and invalid input, and every answer must
+//! be no server error, a documented status and content type, and match its schema. Bounded
+//! (a fixed number of examples per operation, deterministic generation) so a run is
+//! repeatable. The audit tail is left out: it is an endless stream, which schemathesis reads
+//! to the end; the conformance suite and the gateway tests cover it.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ordermesh_tests::http::{Api, request};
+use ordermesh_tests::ordermesh_binary;
+use ordermesh_tests::python_tool;
+
+const EXAMPLES_PER_OPERATION: &str = "25";
+const BOUND: Duration = Duration::from_secs(600);
+
+fn schemathesis(gateway: &str, token: &str, report: &std::path::Path) -> (bool, String) {
+    let tool = python_tool("schemathesis");
+    assert!(
+        tool.exists(),
+        "{} not found: run `bash tests/support/python-tools.sh` (the README's test command does)",
+        tool.display()
+    );
+    let mut child = Command::new(&tool)
+        .args([
+            "run",
+            &format!("{gateway}/openapi.json"),
+            "--header",
+            &format!("Authorization: Bearer {token}"),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            EXAMPLES_PER_OPERATION,
+            "--generation-deterministic",
+            "--exclude-operation-id",
+            "TailEvents",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(report).expect("report file"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start schemathesis");
+    let started = Instant::now();
+    let ok = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.success();
+        }
+        if started.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    (ok, std::fs::read_to_string(report).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+    let binary = ordermesh_binary!();
+    let mut up = tokio::process::Command::new(binary.path())
+        .args(["up", "--http-port", "0", "--base-port", "0", "--data-dir"])
+        .arg(&data)
+        // The fuzzer is one client sending thousands of requests: it tests the API, not the
+        // limiter (the limits have tests of their own).
+        .env("ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE", "1000000")
+        .env("ORDERMESH_ADDRESS_RATE_LIMIT_BURST", "100000")
+        .env("ORDERMESH_RATE_LIMIT_PER_MINUTE", "1000000")
+        .env("ORDERMESH_RATE_LIMIT_BURST", "100000")
+        .env("ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE", "1000000")
+        .env("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", "100000")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ordermesh up");
+    let mesh_json = data.join("mesh.json");
+    let mut gateway = None;
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(&mesh_json)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(g) = v["gateway"].as_str()
+        {
+            gateway = Some(g.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gateway = gateway.expect("ordermesh up wrote mesh.json within 60 s");
+    let addr: std::net::SocketAddr = gateway.trim_start_matches("http://").parse().unwrap();
+    for _ in 0..100 {
+        if request(addr, "GET", "/readyz", &[], b"").await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let anonymous = Api { addr, token: None };
+    let shopper = anonymous.new_user("fuzz@example.com").await;
+    let admin_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("admin.json")).unwrap()).unwrap();
+    let admin = anonymous
+        .login(
+            admin_file["email"].as_str().unwrap(),
+            admin_file["password"].as_str().unwrap(),
+        )
+        .await;
+
+    let mut failed = Vec::new();
+    for (who, api) in [("shopper", &shopper), ("admin", &admin)] {
+        let token = api.token.clone().unwrap();
+        let report = dir.path().join(format!("schemathesis-{who}.txt"));
+        let gw = gateway.clone();
+        let (ok, text) = tokio::task::spawn_blocking(move || schemathesis(&gw, &token, &report))
+            .await
+            .unwrap();
+        let summary = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Test cases:"))
+            .nth(1)
+            .unwrap_or("(no summary)")
+            .trim()
+            .to_string();
+        eprintln!("schemathesis as {who}: {summary}");
+        if !ok {
+            failed.push(format!("as {who}:\n{text}"));
+        }
+    }
+    assert!(terminate_up(&mut up).await, "ordermesh up stops on SIGTERM");
+    assert!(
+        failed.is_empty(),
+        "schemathesis failed\n{}",
+        failed.join("\n")
+    );
+}
+
+async fn terminate_up(up: &mut tokio::process::Child) -> bool {
+    let Some(pid) = up.id() else { return true };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    tokio::time::timeout(Duration::from_secs(30), up.wait())
+        .await
+        .is_ok()
+}
