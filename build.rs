@@ -7,6 +7,7 @@ use std::path::PathBuf;
 const PROTO_ROOT: &str = "proto";
 const FILES: &[&str] = &[
     "ordermesh/options/v1/access.proto",
+    "ordermesh/options/v1/field.proto",
     "ordermesh/type/v1/money.proto",
     "ordermesh/user/v1/user.proto",
     "ordermesh/order/v1/order.proto",

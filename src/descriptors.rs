@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::google::api::HttpRule;
-use crate::options::{AccessRule, Audience};
+use crate::options::{AccessRule, Audience, FieldRules};
 
 /// Packages whose services ordermesh serves (the rest of the pool is their imports).
 pub const SERVED_PACKAGES: &[&str] = &[
@@ -100,6 +100,22 @@ pub fn methods() -> &'static [MethodInfo] {
         }
         out
     })
+}
+
+/// The input constraints declared on a field (`(ordermesh.options.v1.field)`), if any.
+pub fn field_rules(field: &prost_reflect::FieldDescriptor) -> Option<FieldRules> {
+    static EXT: OnceLock<Option<prost_reflect::ExtensionDescriptor>> = OnceLock::new();
+    let ext = EXT
+        .get_or_init(|| pool().get_extension_by_name("ordermesh.options.v1.field"))
+        .as_ref()?;
+    let options = field.options();
+    if !options.has_extension(ext) {
+        return None;
+    }
+    options
+        .get_extension(ext)
+        .as_message()
+        .and_then(|m| m.transcode_to::<FieldRules>().ok())
 }
 
 /// The RPC served at a gRPC path, if any.

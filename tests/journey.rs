@@ -336,7 +336,11 @@ async fn every_mistake_gets_its_documented_answer() {
         .iter()
         .map(|v| v["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["items[0].quantity", "currency"]);
+    // Declared constraints first (one server layer, before the handler), then the handler's
+    // own checks: a currency we do not support is named once the quantity is right.
+    assert_eq!(fields, ["items[0].quantity"]);
+    let unsupported = assert_problem(&bo.post("/v1/orders", json!({"items": [{"sku": "MUG-001", "quantity": 1}], "currency": "XXX", "idempotencyKey": "k"})).await, 400);
+    assert_eq!(unsupported["violations"][0]["field"], "currency");
     let wrong_media = request(
         mesh.gateway,
         "POST",

@@ -589,50 +589,52 @@ async fn lists_newest_first_illegal_transitions_and_bad_input() {
         .unwrap_err();
     assert!(late.message().contains("DELIVERED"), "{}", late.message());
 
+    let order_of = |first_quantity: i64, third_sku: &str, key: &str| CreateOrderRequest {
+        items: vec![
+            OrderItem {
+                sku: "MUG".into(),
+                quantity: first_quantity,
+                unit_price: None,
+            },
+            OrderItem {
+                sku: "MUG".into(),
+                quantity: 1,
+                unit_price: None,
+            },
+            OrderItem {
+                sku: third_sku.into(),
+                quantity: 1,
+                unit_price: None,
+            },
+        ],
+        currency: "XXX".into(),
+        idempotency_key: key.into(),
+    };
+    let violated = |s: &tonic::Status| -> Vec<String> {
+        assert_eq!(s.code(), Code::InvalidArgument);
+        status::details(s)
+            .violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    };
+    // The constraints the contract declares answer first, all of them at once...
     let bad = mesh
         .orders()
-        .create_order(as_user(
-            CreateOrderRequest {
-                items: vec![
-                    OrderItem {
-                        sku: "MUG".into(),
-                        quantity: 0,
-                        unit_price: None,
-                    },
-                    OrderItem {
-                        sku: "MUG".into(),
-                        quantity: 1,
-                        unit_price: None,
-                    },
-                    OrderItem {
-                        sku: "bad sku!".into(),
-                        quantity: 1,
-                        unit_price: None,
-                    },
-                ],
-                currency: "XXX".into(),
-                idempotency_key: String::new(),
-            },
-            "fay",
-        ))
+        .create_order(as_user(order_of(0, "bad sku!", ""), "fay"))
         .await
         .unwrap_err();
-    assert_eq!(bad.code(), Code::InvalidArgument);
-    let fields: Vec<_> = status::details(&bad)
-        .violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
     assert_eq!(
-        fields,
-        [
-            "items[0].quantity",
-            "items[1].sku",
-            "items[2].sku",
-            "currency",
-            "idempotency_key"
-        ]
+        violated(&bad),
+        ["items[0].quantity", "items[2].sku", "idempotency_key"]
     );
+    // ...then the handler's own: a SKU listed twice, a currency not supported.
+    let bad = mesh
+        .orders()
+        .create_order(as_user(order_of(1, "CUP", "k-1"), "fay"))
+        .await
+        .unwrap_err();
+    assert_eq!(violated(&bad), ["items[1].sku", "currency"]);
     let unknown = mesh
         .orders()
         .create_order(as_user(create(&[("NOPE", 1)], "u1"), "fay"))

@@ -130,7 +130,18 @@ async fn register_login_and_the_token_verifies_against_the_jwks() {
         .into_iter()
         .map(|v| v.field)
         .collect();
-    assert_eq!(fields, ["email", "display_name", "password"]);
+    // Declared constraints first, then the handler's address check.
+    assert_eq!(fields, ["password", "display_name"]);
+    let bad = gw
+        .create_user(CreateUserRequest {
+            email: "not-an-email".into(),
+            password: "a long enough password".into(),
+            display_name: "Ada".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(status::details(&bad).violations[0].field, "email");
 
     let tokens = login(&mut gw, "ada@example.com").await;
     assert_eq!(tokens.token_type, "Bearer");

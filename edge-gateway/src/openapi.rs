@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use ordermesh_contracts::options::Audience;
+use ordermesh_contracts::descriptors;
+use ordermesh_contracts::options::{Audience, FieldRules};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
@@ -57,8 +58,9 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut Vec<MessageDescriptor>) -> 
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
+        // proto3 JSON writes 64-bit integers as strings (and reads numbers too).
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": "string", "format": "int64"})
+            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
         }
         Kind::Double | Kind::Float => json!({"type": "number"}),
         Kind::String => json!({"type": "string"}),
@@ -82,7 +84,45 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut Vec<MessageDescriptor>) -> 
     }
 }
 
+/// The field's declared input constraints as JSON Schema keywords on its (item) schema.
+fn with_rules(mut schema: Value, rules: Option<&FieldRules>) -> Value {
+    let (Some(rules), Some(obj)) = (rules, schema.as_object_mut()) else {
+        return schema;
+    };
+    if rules.min_length > 0 {
+        obj.insert("minLength".into(), json!(rules.min_length));
+    }
+    if rules.max_length > 0 {
+        obj.insert("maxLength".into(), json!(rules.max_length));
+    }
+    if !rules.pattern.is_empty() {
+        obj.insert("pattern".into(), json!(rules.pattern));
+    }
+    if !rules.format.is_empty() {
+        obj.insert("format".into(), json!(rules.format));
+    }
+    if let Some(lo) = rules.minimum {
+        obj.insert("minimum".into(), json!(lo));
+    }
+    if let Some(hi) = rules.maximum {
+        obj.insert("maximum".into(), json!(hi));
+    }
+    if obj.get("type") == Some(&json!("string")) && obj.get("format") == Some(&json!("int64")) {
+        let range =
+            ordermesh_platform::constraints::range_description(rules.minimum, rules.maximum);
+        if !range.is_empty() {
+            // JSON Schema bounds apply to numbers; the int64 string form says them in words.
+            obj.insert(
+                "description".into(),
+                json!(format!("an integer that {range}")),
+            );
+        }
+    }
+    schema
+}
+
 fn field_schema(field: &FieldDescriptor, refs: &mut Vec<MessageDescriptor>) -> Value {
+    let rules = descriptors::field_rules(field);
     if field.is_map() {
         let value = match field.kind() {
             Kind::Message(entry) => entry
@@ -94,9 +134,20 @@ fn field_schema(field: &FieldDescriptor, refs: &mut Vec<MessageDescriptor>) -> V
     }
     let item = scalar_schema(field, refs);
     if field.is_list() {
-        json!({"type": "array", "items": item})
-    } else {
+        let mut list = json!({"type": "array", "items": item});
+        if let Some(r) = &rules {
+            if r.min_items > 0 {
+                list["minItems"] = json!(r.min_items);
+            }
+            if r.max_items > 0 {
+                list["maxItems"] = json!(r.max_items);
+            }
+        }
+        list
+    } else if item.get("$ref").is_some() {
         item
+    } else {
+        with_rules(item, rules.as_ref())
     }
 }
 
@@ -116,7 +167,18 @@ fn message_schema_without(
         .filter(|f| !left_out.contains(&f.name()))
         .map(|f| (f.json_name().to_string(), field_schema(&f, refs)))
         .collect();
-    json!({"type": "object", "properties": properties, "additionalProperties": false})
+    let required: Vec<String> = m
+        .fields()
+        .filter(|f| !left_out.contains(&f.name()))
+        .filter(|f| descriptors::field_rules(f).is_some_and(|r| r.required))
+        .map(|f| f.json_name().to_string())
+        .collect();
+    let mut schema =
+        json!({"type": "object", "properties": properties, "additionalProperties": false});
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
 }
 
 fn problem_schema() -> Value {
@@ -383,6 +445,22 @@ mod tests {
         let tail = &doc["paths"]["/v1/audit/events:tail"]["get"]["responses"]["200"]["content"];
         assert!(tail["application/x-ndjson"].is_object() && tail["text/event-stream"].is_object());
         assert!(doc["paths"]["/v1/me/overview"]["get"].is_object());
+        // The declared constraints are in the schemas.
+        let create = &schemas["ordermesh.order.v1.CreateOrderRequest"];
+        assert_eq!(create["required"], json!(["currency", "idempotencyKey"]));
+        assert_eq!(create["properties"]["items"]["minItems"], 1);
+        assert_eq!(create["properties"]["idempotencyKey"]["maxLength"], 128);
+        let item = &schemas["ordermesh.order.v1.OrderItem"]["properties"];
+        assert_eq!(item["sku"]["pattern"], "^[A-Z0-9-]{1,32}$");
+        assert_eq!(item["quantity"]["maximum"], 1000);
+        let list = &doc["paths"]["/v1/orders"]["get"]["parameters"];
+        assert!(
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "pageSize" && p["schema"]["minimum"] == 0),
+            "{list}"
+        );
         let money = &schemas["ordermesh.type.v1.Money"]["properties"];
         assert_eq!(money["amountMinor"]["type"], "string");
     }

@@ -7,6 +7,7 @@ pub mod authz;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod constraints;
 pub mod fd_limit;
 pub mod http_error_heads;
 pub mod http_server;

@@ -19,6 +19,7 @@ use tower::Service;
 use crate::admission::{Admission, AdmissionLimits};
 use crate::authz::{AuthzLayer, AuthzPolicy};
 use crate::config::MeshConfig;
+use crate::constraints::ConstraintLayer;
 use crate::metrics::Metrics;
 use crate::rpc_layer::RpcLayer;
 use crate::shutdown::Shutdown;
@@ -134,7 +135,10 @@ impl GrpcServer {
         };
         let layers = tower::ServiceBuilder::new()
             .layer(RpcLayer::server(self.metrics.clone()))
-            .layer(AuthzLayer::new(policy));
+            .layer(AuthzLayer::new(policy))
+            // After authorization: a caller that may not call a method learns nothing of
+            // its input rules.
+            .layer(ConstraintLayer);
 
         let grpc_addr = listeners.grpc.local_addr()?;
         let drain = {

@@ -44,34 +44,23 @@ impl AuditServer {
     }
 }
 
-fn check_text(v: &mut Violations, field: &str, value: &str, required: bool) {
-    if required && value.is_empty() {
-        v.add(field, "is required");
-    } else if value.len() > MAX_FIELD {
-        v.add(field, format!("is longer than {MAX_FIELD} bytes"));
-    } else if value.contains('\0') {
+fn check_text(v: &mut Violations, field: &str, value: &str) {
+    if value.contains('\0') {
         v.add(field, "contains a NUL character");
     }
 }
 
+/// What the contract's declared constraints (event count, required fields, lengths) cannot
+/// say: no NUL characters, bounded attributes.
 fn validate_events(events: &[AuditEvent]) -> Result<(), Status> {
     let mut v = Violations::new();
-    if events.is_empty() {
-        v.add("events", "at least one event is required");
-    }
-    if events.len() > MAX_EVENTS_PER_APPEND {
-        v.add(
-            "events",
-            format!("at most {MAX_EVENTS_PER_APPEND} events per call"),
-        );
-    }
     for (i, e) in events.iter().enumerate().take(MAX_EVENTS_PER_APPEND) {
         let f = |name: &str| format!("events[{i}].{name}");
-        check_text(&mut v, &f("id"), &e.id, true);
-        check_text(&mut v, &f("actor"), &e.actor, true);
-        check_text(&mut v, &f("resource"), &e.resource, true);
-        check_text(&mut v, &f("action"), &e.action, true);
-        check_text(&mut v, &f("source"), &e.source, false);
+        check_text(&mut v, &f("id"), &e.id);
+        check_text(&mut v, &f("actor"), &e.actor);
+        check_text(&mut v, &f("resource"), &e.resource);
+        check_text(&mut v, &f("action"), &e.action);
+        check_text(&mut v, &f("source"), &e.source);
         if e.attributes.len() > MAX_ATTRIBUTES {
             v.add(
                 &f("attributes"),
@@ -87,15 +76,11 @@ fn validate_events(events: &[AuditEvent]) -> Result<(), Status> {
     v.into_result()
 }
 
-fn page_size(requested: i32) -> Result<usize, Status> {
+/// The page size asked for (the contract declares it non-negative), defaulted and capped.
+fn page_size(requested: i32) -> usize {
     match requested {
-        0 => Ok(DEFAULT_PAGE),
-        n if n < 0 => {
-            let mut v = Violations::new();
-            v.add("page_size", "must not be negative");
-            v.into_result().map(|_| 0)
-        }
-        n => Ok((n as usize).min(MAX_PAGE)),
+        n if n <= 0 => DEFAULT_PAGE,
+        n => (n as usize).min(MAX_PAGE),
     }
 }
 
@@ -128,16 +113,16 @@ impl AuditService for AuditServer {
     ) -> Result<Response<ListEventsResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        check_text(&mut v, "actor", &req.actor, false);
-        check_text(&mut v, "resource", &req.resource, false);
-        check_text(&mut v, "action", &req.action, false);
+        check_text(&mut v, "actor", &req.actor);
+        check_text(&mut v, "resource", &req.resource);
+        check_text(&mut v, "action", &req.action);
         if let (Some(s), Some(e)) = (&req.start_time, &req.end_time)
             && (e.seconds, e.nanos) <= (s.seconds, s.nanos)
         {
             v.add("end_time", "must be after start_time");
         }
         v.into_result()?;
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         let cursor = Cursor::from_page_token(&req.page_token).map_err(|_| bad_page_token())?;
         let filter = Filter {
             actor: req.actor,
@@ -189,12 +174,8 @@ impl AuditService for AuditServer {
         &self,
         request: Request<TailEventsRequest>,
     ) -> Result<Response<Self::TailEventsStream>, Status> {
-        let after = request.into_inner().after_sequence;
-        if after < 0 {
-            let mut v = Violations::new();
-            v.add("after_sequence", "must not be negative");
-            v.into_result()?;
-        }
+        // Declared non-negative in the contract.
+        let after = request.into_inner().after_sequence.max(0);
         let mut last = if after == 0 {
             self.log.last_sequence().await?
         } else {

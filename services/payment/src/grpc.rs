@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status};
 use crate::ledger;
 use crate::wallets::{Movement, Wallets};
 
-const MAX_KEY: usize = 128;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
@@ -31,17 +30,6 @@ impl PaymentServer {
     }
     pub fn into_service(self) -> PaymentServiceServer<Self> {
         PaymentServiceServer::new(self)
-    }
-}
-
-fn check_key(v: &mut Violations, key: &str) {
-    if key.is_empty() {
-        v.add("idempotency_key", "is required");
-    } else if key.len() > MAX_KEY || !key.chars().all(|c| c.is_ascii_graphic()) {
-        v.add(
-            "idempotency_key",
-            format!("must be 1..={MAX_KEY} printable ASCII characters"),
-        );
     }
 }
 
@@ -75,7 +63,6 @@ impl PaymentService for PaymentServer {
         let req = request.into_inner();
         let mut v = Violations::new();
         let amount = check_positive(&mut v, "amount", req.amount.as_ref());
-        check_key(&mut v, &req.idempotency_key);
         v.into_result()?;
         let Some((currency, minor)) = amount else {
             return Err(Status::invalid_argument("amount"));
@@ -153,7 +140,6 @@ impl PaymentService for PaymentServer {
         let owner = wallet_owner(&request, "")?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        v.check(req.page_size >= 0, "page_size", "must not be negative");
         if !req.currency.is_empty() {
             money::check_currency(&mut v, "currency", &req.currency);
         }
@@ -192,7 +178,6 @@ impl PaymentService for PaymentServer {
             .is_some_and(|id| !id.is_empty() && !id.contains('/'));
         v.check(order_ok, "order", "must be orders/{id}");
         let amount = check_positive(&mut v, "amount", req.amount.as_ref());
-        check_key(&mut v, &req.idempotency_key);
         v.into_result()?;
         let Some((currency, minor)) = amount else {
             return Err(Status::invalid_argument("amount"));
@@ -232,7 +217,6 @@ impl PaymentService for PaymentServer {
             .unwrap_or_default()
             .to_string();
         check_id(&mut v, "payment", &pid);
-        check_key(&mut v, &req.idempotency_key);
         let requested = match &req.amount {
             Some(m) if m.amount_minor != 0 || !m.currency.is_empty() => {
                 check_positive(&mut v, "amount", Some(m))
