@@ -1,5 +1,5 @@
-//! Schemathesis (property-based, from the Python tools' venv) against `/openapi.json` of a
-//! real `ordermesh up`, once as a signed-in shopper and once as an admin: every operation the
+//! `/openapi.json` of a real `ordermesh up` passes openapi-spec-validator, and schemathesis
+//! (property-based; both from the Python tools' venv) runs against it, once as a signed-in shopper and once as an admin: every operation the
 //! document lists is called with generated valid and invalid input, and every answer must
 //! be no server error, a documented status and content type, and match its schema. Bounded
 //! (a fixed number of examples per operation, deterministic generation) so a run is
@@ -117,6 +117,23 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
             admin_file["password"].as_str().unwrap(),
         )
         .await;
+
+    // The document itself is valid OpenAPI 3.1 (what generators load).
+    let document = request(addr, "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(document.status, 200);
+    let document_path = dir.path().join("openapi.json");
+    std::fs::write(&document_path, &document.body).unwrap();
+    let validator = python_tool("openapi-spec-validator");
+    let validated = Command::new(&validator)
+        .arg(&document_path)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", validator.display()));
+    assert!(
+        validated.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
 
     let mut failed = Vec::new();
     for (who, api) in [("shopper", &shopper), ("admin", &admin)] {
