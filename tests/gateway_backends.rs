@@ -151,7 +151,7 @@ fn verify_calls(metrics: &str) -> u64 {
         .lines()
         .find(|l| {
             l.starts_with("ordermesh_rpc_server_requests_total")
-                && l.contains(r#"rpc_method="VerifyChain",grpc_code="Ok""#)
+                && l.contains(r#"rpc_method="VerifyChain",grpc_code="OK""#)
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse().ok())

@@ -31,8 +31,10 @@ async fn payment_returns(
         upstreams,
     )
     .await;
+    // The breaker's cool-down may have grown while the backend was away (it doubles per
+    // failed trial, up to 15 s): recovery takes at most that plus one deadline.
     let mut recovered = false;
-    for _ in 0..60 {
+    for _ in 0..120 {
         if api.get("/v1/wallet").await.status == 200 {
             recovered = true;
             break;

@@ -274,10 +274,10 @@ async fn metrics_count_calls_per_method_and_status() {
     let (status, body) = http_get(svc.metrics_addr, "/metrics").await;
     assert!(status.contains("200"), "{status}");
     assert!(body.contains(
-        r#"ordermesh_rpc_server_requests_total{rpc_service="ordermesh.audit.v1.AuditService",rpc_method="Append",grpc_code="Ok"} 1"#
+        r#"ordermesh_rpc_server_requests_total{rpc_service="ordermesh.audit.v1.AuditService",rpc_method="Append",grpc_code="OK"} 1"#
     ), "{body}");
     assert!(body.contains(
-        r#"ordermesh_rpc_server_requests_total{rpc_service="ordermesh.audit.v1.AuditService",rpc_method="Append",grpc_code="PermissionDenied"} 1"#
+        r#"ordermesh_rpc_server_requests_total{rpc_service="ordermesh.audit.v1.AuditService",rpc_method="Append",grpc_code="PERMISSION_DENIED"} 1"#
     ), "{body}");
     assert!(
         body.contains("ordermesh_rpc_server_duration_seconds_bucket"),

@@ -23,6 +23,7 @@ fn schemathesis(gateway: &str, token: &str, report: &std::path::Path) -> (bool, 
         "{} not found: run `bash tests/support/python-tools.sh` (the README's test command does)",
         tool.display()
     );
+    let out = std::fs::File::create(report).expect("report file");
     let mut child = Command::new(&tool)
         .args([
             "run",
@@ -44,9 +45,11 @@ fn schemathesis(gateway: &str, token: &str, report: &std::path::Path) -> (bool, 
             "10",
             "--no-color",
         ])
+        // Its caches go to the test's directory, never into the source tree.
+        .current_dir(report.parent().expect("the report is in a directory"))
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(report).expect("report file"))
-        .stderr(Stdio::inherit())
+        .stdout(out.try_clone().expect("report file"))
+        .stderr(out)
         .spawn()
         .expect("start schemathesis");
     let started = Instant::now();

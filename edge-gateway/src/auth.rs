@@ -57,6 +57,7 @@ pub struct Verifier {
     keys: RwLock<Keys>,
     validation: Validation,
     verified: std::sync::RwLock<HashMap<String, AccessClaims>>,
+    refresh_failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl Verifier {
@@ -70,7 +71,17 @@ impl Verifier {
             }),
             validation: validation(issuer, audience),
             verified: std::sync::RwLock::new(HashMap::new()),
+            refresh_failures: Default::default(),
         }
+    }
+
+    /// Counts failed JWKS fetches in `counter` (a registered metric).
+    pub fn counting_refresh_failures(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.refresh_failures = counter;
+        self
     }
 
     /// A token verified before whose `exp` and `nbf` still hold now. A key rotated out of the
@@ -130,6 +141,7 @@ impl Verifier {
             .get_jwks(req)
             .await
             .map_err(|e| {
+                self.refresh_failures.inc();
                 tracing::warn!(error = %e, "cannot fetch the JWKS");
                 AuthError::KeysUnavailable
             })?

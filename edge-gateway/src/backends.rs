@@ -5,7 +5,7 @@
 //! backend is down and lets a trial call through after a cool-down.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,11 +16,14 @@ use tonic::metadata::MetadataMap;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::codec::RawCodec;
+use crate::gateway_metrics::{GatewayMetrics, TransitionLabels};
 
 /// Consecutive failures that open a circuit.
 const TRIP_AFTER: u32 = 5;
-/// How long an open circuit fails fast before letting one trial call through.
+/// How long an open circuit first fails fast before letting one trial call through; each
+/// failed trial doubles it, up to `MAX_COOL_DOWN` (linkerd's consecutive-failures breaker).
 const COOL_DOWN: Duration = Duration::from_secs(5);
+const MAX_COOL_DOWN: Duration = Duration::from_secs(15);
 /// Retries allowed per backend: 20% of the calls of the last 10 s, plus 5 a second so a
 /// quiet gateway can still retry a blip.
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
@@ -33,21 +36,41 @@ fn retry_budget() -> TpsBudget {
 
 #[derive(Debug)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
+    Closed {
+        failures: u32,
+    },
+    /// `trips`: consecutive openings without a success between them.
+    Open {
+        until: Instant,
+        trips: u32,
+    },
+    /// One trial call is out since `since`.
+    HalfOpen {
+        since: Instant,
+        trips: u32,
+    },
+}
+
+impl BreakerState {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Closed { .. } => "closed",
+            Self::Open { .. } => "open",
+            Self::HalfOpen { .. } => "half_open",
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Breaker {
     state: Mutex<BreakerState>,
+    backend: String,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl Default for Breaker {
     fn default() -> Self {
-        Self {
-            state: Mutex::new(BreakerState::Closed { failures: 0 }),
-        }
+        Self::new("backend", Arc::default())
     }
 }
 
@@ -79,33 +102,92 @@ fn is_backend_failure(s: &Status) -> bool {
     )
 }
 
+fn cool_down(trips: u32) -> Duration {
+    COOL_DOWN
+        .saturating_mul(1u32 << trips.saturating_sub(1).min(8))
+        .min(MAX_COOL_DOWN)
+}
+
 impl Breaker {
-    /// Whether a call may go through now.
+    pub fn new(backend: &str, metrics: Arc<GatewayMetrics>) -> Self {
+        metrics
+            .breaker_open
+            .get_or_create(&GatewayMetrics::backend(backend))
+            .set(0);
+        Self {
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            backend: backend.to_string(),
+            metrics,
+        }
+    }
+
+    /// Moves to `next`, counting a change of state.
+    fn enter(&self, state: &mut BreakerState, next: BreakerState) {
+        if std::mem::discriminant(state) != std::mem::discriminant(&next) {
+            self.metrics
+                .breaker_transitions
+                .get_or_create(&TransitionLabels {
+                    backend: self.backend.clone(),
+                    state: next.name().to_string(),
+                })
+                .inc();
+            let open = i64::from(!matches!(next, BreakerState::Closed { .. }));
+            self.metrics
+                .breaker_open
+                .get_or_create(&GatewayMetrics::backend(&self.backend))
+                .set(open);
+            if matches!(next, BreakerState::Open { .. }) {
+                tracing::warn!(backend = %self.backend, "circuit opened");
+            }
+        }
+        *state = next;
+    }
+
+    /// Whether a call may go through now. A trial that never reports back (its caller went
+    /// away) counts as failed once a cool-down has passed, so the circuit cannot stick.
     pub fn admit(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         match *state {
             BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } if Instant::now() >= until => {
-                *state = BreakerState::HalfOpen;
+            BreakerState::Open { until, trips } if now >= until => {
+                self.enter(&mut state, BreakerState::HalfOpen { since: now, trips });
                 true
             }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+            BreakerState::HalfOpen { since, trips } if now >= since + cool_down(trips) => {
+                // The last trial was dropped: treat it as failed, and try again.
+                *state = BreakerState::HalfOpen {
+                    since: now,
+                    trips: trips + 1,
+                };
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => false,
         }
     }
 
     pub fn record(&self, ok: bool) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        *state = match (&*state, ok) {
+        let next = match (&*state, ok) {
             (_, true) => BreakerState::Closed { failures: 0 },
             (BreakerState::Closed { failures }, false) if failures + 1 < TRIP_AFTER => {
                 BreakerState::Closed {
                     failures: failures + 1,
                 }
             }
-            _ => BreakerState::Open {
-                until: Instant::now() + COOL_DOWN,
+            (BreakerState::HalfOpen { trips, .. } | BreakerState::Open { trips, .. }, false) => {
+                let trips = trips + 1;
+                BreakerState::Open {
+                    until: Instant::now() + cool_down(trips),
+                    trips,
+                }
+            }
+            (BreakerState::Closed { .. }, false) => BreakerState::Open {
+                until: Instant::now() + cool_down(1),
+                trips: 1,
             },
         };
+        self.enter(&mut state, next);
     }
 
     pub fn is_open(&self) -> bool {
@@ -126,13 +208,15 @@ pub struct Backend {
 pub struct Backends {
     by_package: HashMap<String, Backend>,
     pub deadline: Duration,
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 impl Backends {
-    pub fn new(deadline: Duration) -> Self {
+    pub fn new(deadline: Duration, metrics: Arc<GatewayMetrics>) -> Self {
         Self {
             by_package: HashMap::new(),
             deadline,
+            metrics,
         }
     }
 
@@ -142,7 +226,7 @@ impl Backends {
             Backend {
                 workload,
                 channel,
-                breaker: Breaker::default(),
+                breaker: Breaker::new(workload, self.metrics.clone()),
                 retries: retry_budget(),
             },
         );
@@ -228,10 +312,18 @@ impl Backends {
                     backend.breaker.record(!failure);
                     if !(failure && status.code() == tonic::Code::Unavailable)
                         || attempt + 1 == attempts
-                        || !backend.retries.withdraw()
                     {
                         return Err(status);
                     }
+                    let labels = GatewayMetrics::backend(backend.workload);
+                    if !backend.retries.withdraw() {
+                        self.metrics
+                            .retry_budget_exhausted
+                            .get_or_create(&labels)
+                            .inc();
+                        return Err(status);
+                    }
+                    self.metrics.retries.get_or_create(&labels).inc();
                     last = status;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -303,11 +395,63 @@ mod tests {
         assert!(!b.admit(), "fails fast while open");
         *b.state.lock().unwrap() = BreakerState::Open {
             until: Instant::now(),
+            trips: 1,
         };
         assert!(b.admit(), "one trial after the cool-down");
         assert!(!b.admit(), "only one");
         b.record(true);
         assert!(b.admit() && !b.is_open(), "closed again");
+    }
+
+    #[test]
+    fn a_dropped_trial_cannot_stick_the_circuit_and_failed_trials_back_off() {
+        let metrics = Arc::new(GatewayMetrics::default());
+        let b = Breaker::new("order-service", metrics.clone());
+        for _ in 0..TRIP_AFTER {
+            b.record(false);
+        }
+        let open = || {
+            metrics
+                .breaker_open
+                .get_or_create(&GatewayMetrics::backend("order-service"))
+                .get()
+        };
+        assert_eq!(open(), 1);
+        // A trial goes out and its caller disconnects: it never reports back.
+        *b.state.lock().unwrap() = BreakerState::Open {
+            until: Instant::now(),
+            trips: 1,
+        };
+        assert!(b.admit());
+        assert!(!b.admit(), "while the trial may still answer");
+        *b.state.lock().unwrap() = BreakerState::HalfOpen {
+            since: Instant::now() - COOL_DOWN,
+            trips: 1,
+        };
+        assert!(
+            b.admit(),
+            "after a cool-down the lost trial counts as failed"
+        );
+        // Failed trials lengthen the cool-down, up to the cap.
+        b.record(false);
+        let BreakerState::Open { until, trips } = *b.state.lock().unwrap() else {
+            panic!("open after a failed trial");
+        };
+        assert_eq!(trips, 3);
+        assert!(until > Instant::now() + COOL_DOWN * 3);
+        assert_eq!(cool_down(30), MAX_COOL_DOWN);
+        b.record(true);
+        assert_eq!(open(), 0);
+        let transitions = |state: &str| {
+            metrics
+                .breaker_transitions
+                .get_or_create(&TransitionLabels {
+                    backend: "order-service".into(),
+                    state: state.into(),
+                })
+                .get()
+        };
+        assert_eq!((transitions("open"), transitions("closed")), (2, 1));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod client_addr;
 pub mod codec;
 pub mod config;
+pub mod gateway_metrics;
 pub mod limits;
 pub mod openapi;
 pub mod overview;

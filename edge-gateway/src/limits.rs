@@ -31,6 +31,16 @@ pub enum Bucket {
     User,
 }
 
+impl Bucket {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Address => "address",
+            Self::Account => "account",
+            Self::User => "user",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {
     /// Login, registration, token refresh: keyed by client address, stricter.

@@ -32,6 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::auth::{AuthError, Verifier};
 use crate::backends::Backends;
 use crate::config::GatewayConfig;
+use crate::gateway_metrics::BucketLabels;
 use crate::limits::{Bucket, Budget, RateLimits, RouteClass};
 use crate::problem::Problem;
 use crate::routes::{self, Resolved, Route};
@@ -482,6 +483,13 @@ impl Gateway {
 
     fn limit(&self, bucket: Bucket, key: &str) -> Result<Budget, Problem> {
         self.limits.check(bucket, key).map_err(|b| {
+            self.backends
+                .metrics
+                .rate_limited
+                .get_or_create(&BucketLabels {
+                    bucket: bucket.name().to_string(),
+                })
+                .inc();
             let mut p = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",

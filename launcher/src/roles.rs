@@ -324,9 +324,10 @@ impl BoundService {
     /// Opens the role's store and serves until `shutdown` triggers and calls drain.
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), RoleError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.set_role(self.role.workload());
         let config = &self.config;
         let channels = ChannelFactory::new(&config.mesh, metrics.clone())?;
-        let server = GrpcServer::new(config.mesh.clone(), metrics);
+        let server = GrpcServer::new(config.mesh.clone(), metrics.clone());
         // Background work (outbox relays, the re-driver): stopped and awaited before this
         // returns, so a stopped role holds its store no longer (a restart reopens it).
         let mut background = Vec::new();
@@ -340,7 +341,7 @@ impl BoundService {
             }
             Role::Order => {
                 let table = config.store.open(schema::ORDERS).await?;
-                let outbox = Outbox::new(workloads::ORDER);
+                let outbox = Outbox::new(workloads::ORDER).observed_in(&metrics);
                 let audit = AuditServiceClient::new(
                     channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
                 );
@@ -365,14 +366,22 @@ impl BoundService {
                     outbox,
                     config.saga.clone(),
                 );
-                background.push(saga.spawn_redriver(shutdown.clone()));
+                let saga_pending = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+                metrics.with_registry(|r| {
+                    r.register(
+                        "saga_pending_items",
+                        "Charges and refunds left unfinished, as the re-driver last saw them (up to 100)",
+                        saga_pending.clone(),
+                    )
+                });
+                background.push(saga.spawn_redriver(shutdown.clone(), saga_pending));
                 server
                     .add_service(CatalogServer::new(catalog).into_service())
                     .add_service(OrderServer::new(saga).into_service())
             }
             Role::Payment => {
                 let table = config.store.open(schema::PAYMENTS).await?;
-                let outbox = Outbox::new(workloads::PAYMENT);
+                let outbox = Outbox::new(workloads::PAYMENT).observed_in(&metrics);
                 let audit = AuditServiceClient::new(
                     channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
                 );
@@ -381,7 +390,7 @@ impl BoundService {
             }
             Role::User => {
                 let table = config.store.open(schema::USERS).await?;
-                let outbox = Outbox::new(workloads::USER);
+                let outbox = Outbox::new(workloads::USER).observed_in(&metrics);
                 let audit = AuditServiceClient::new(
                     channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
                 );
@@ -457,8 +466,11 @@ pub fn build_gateway(
     upstreams: &Upstreams,
 ) -> Result<Arc<Gateway>, RoleError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_role(ordermesh_platform::identity::workloads::GATEWAY);
     let channels = ChannelFactory::new(mesh, metrics.clone())?;
-    let mut backends = Backends::new(config.deadline);
+    let gateway_metrics =
+        ordermesh_edge_gateway::gateway_metrics::GatewayMetrics::registered(&metrics);
+    let mut backends = Backends::new(config.deadline, gateway_metrics.clone());
     for package in ordermesh_contracts::descriptors::SERVED_PACKAGES {
         let Some(workload) = ordermesh_platform::istio_policy::workload_of_package(package) else {
             continue;
@@ -470,6 +482,7 @@ pub fn build_gateway(
         );
     }
     let users = UserServiceClient::new(channels.channel(workloads::USER, &upstreams.user)?);
-    let verifier = Verifier::new(users, &config.jwt_issuer, &config.jwt_audience);
+    let verifier = Verifier::new(users, &config.jwt_issuer, &config.jwt_audience)
+        .counting_refresh_failures(gateway_metrics.jwks_refresh_failures.clone());
     Ok(Arc::new(Gateway::new(config, backends, verifier, metrics)?))
 }

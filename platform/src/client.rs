@@ -160,6 +160,7 @@ impl ChannelFactory {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
         let (channel, changes) = Channel::balance_channel::<SocketAddr>(CHANGES_CAPACITY);
+        let discovery_target = targets[0].clone();
         let discovery = Discovery {
             workload: workload.to_string(),
             targets,
@@ -185,8 +186,9 @@ impl ChannelFactory {
             }
         }
         runtime.spawn(discovery.run(known));
+        let first = &discovery_target;
         Ok(tower::Layer::layer(
-            &RpcLayer::client(self.metrics.clone()),
+            &RpcLayer::client(self.metrics.clone(), &first.host, first.port),
             channel,
         ))
     }

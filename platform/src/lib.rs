@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod money;
 pub mod net;
 pub mod outbox;
+pub mod process_metrics;
 pub mod rpc_layer;
 pub mod server;
 pub mod shutdown;

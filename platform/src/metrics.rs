@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -31,9 +32,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub role: String,
+}
+
 /// A process's metrics registry with the RPC server and client families registered.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// `process_*`, without the `ordermesh_` prefix.
+    process: Registry,
+    build_info: Family<BuildLabels, Gauge>,
     pub server_requests: Family<RpcLabels, Counter>,
     pub server_duration: Family<RpcMethodLabels, Histogram, fn() -> Histogram>,
     pub client_requests: Family<RpcLabels, Counter>,
@@ -79,8 +89,19 @@ impl Metrics {
             "gRPC client latency until response headers, by method",
             client_duration.clone(),
         );
+        crate::store::observed::register(&mut registry);
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The version and role of this process (always 1)",
+            build_info.clone(),
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Self {
             registry: Mutex::new(registry),
+            process,
+            build_info,
             server_requests,
             server_duration,
             client_requests,
@@ -97,12 +118,29 @@ impl Metrics {
         f(&mut guard)
     }
 
-    /// The Prometheus text exposition of every registered metric.
+    /// Names the role this process (or, under `up`, this registry) serves, as
+    /// `ordermesh_build_info{version, role} 1`.
+    pub fn set_role(&self, role: &str) {
+        self.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                role: role.to_string(),
+            })
+            .set(1);
+    }
+
+    /// The Prometheus text exposition of every registered metric, the process's own
+    /// (`process_*`, conventionally unprefixed) first.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        self.with_registry(|r| prometheus_client::encoding::text::encode(&mut out, r))
-            .map(|_| out)
-            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+        let process = prometheus_client::encoding::text::encode_registry(&mut out, &self.process);
+        let result = process.and_then(|_| {
+            self.with_registry(|r| prometheus_client::encoding::text::encode(&mut out, r))
+        });
+        match result {
+            Ok(()) => out,
+            Err(e) => format!("# encoding failed: {e}\n"),
+        }
     }
 
     pub fn observe_server(&self, labels: RpcLabels, elapsed: Duration) {

@@ -22,8 +22,15 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::client::MeshChannel;
 use crate::lease::Leases;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Condition, NewItem, Query, StoreError, Table, Write};
 
@@ -54,7 +61,25 @@ struct OutboxEntry {
 pub struct Outbox {
     source: String,
     pending: Arc<Notify>,
+    gauges: OutboxGauges,
 }
+
+/// How far behind delivery is: `ordermesh_outbox_pending_items` (counted up to
+/// [`OBSERVE_LIMIT`] per partition) and `ordermesh_outbox_oldest_item_age_seconds`, labelled
+/// with the outbox's workload; refreshed by the relay at most every [`OBSERVE_EVERY`].
+#[derive(Clone, Default)]
+struct OutboxGauges {
+    pending: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    outbox: String,
+}
+
+const OBSERVE_EVERY: Duration = Duration::from_secs(10);
+const OBSERVE_LIMIT: usize = 1000;
 
 impl Outbox {
     /// `source` is the producing workload, recorded on every event.
@@ -62,7 +87,34 @@ impl Outbox {
         Self {
             source: source.to_string(),
             pending: Arc::new(Notify::new()),
+            gauges: OutboxGauges::default(),
         }
+    }
+
+    /// Reports the backlog in `metrics` (see [`OutboxGauges`]).
+    pub fn observed_in(mut self, metrics: &Metrics) -> Self {
+        let labels = OutboxLabels {
+            outbox: self.source.clone(),
+        };
+        let pending = Family::<OutboxLabels, Gauge>::default();
+        let oldest = Family::<OutboxLabels, Gauge<f64, AtomicU64>>::default();
+        metrics.with_registry(|r| {
+            r.register(
+                "outbox_pending_items",
+                "Events waiting in the outbox for delivery (counted up to 1000 per partition)",
+                pending.clone(),
+            );
+            r.register(
+                "outbox_oldest_item_age_seconds",
+                "Age of the oldest event waiting in the outbox, 0 when empty",
+                oldest.clone(),
+            );
+        });
+        self.gauges = OutboxGauges {
+            pending: pending.get_or_create(&labels).clone(),
+            oldest_age: oldest.get_or_create(&labels).clone(),
+        };
+        self
     }
 
     /// A new event (UUIDv7 id, now as its time) for `actor` doing `action` on `resource`.
@@ -118,6 +170,8 @@ impl Outbox {
             table,
             audit,
             pending: self.pending.clone(),
+            gauges: self.gauges.clone(),
+            observed: None,
         };
         tokio::spawn(relay.run(shutdown))
     }
@@ -165,6 +219,8 @@ struct Relay {
     table: Table,
     audit: AuditServiceClient<MeshChannel>,
     pending: Arc<Notify>,
+    gauges: OutboxGauges,
+    observed: Option<std::time::Instant>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +262,12 @@ impl Relay {
                 next_idle = (next_idle + 1) % PARTITIONS;
                 vec![next_idle]
             };
+            if self.observed.is_none_or(|at| at.elapsed() >= OBSERVE_EVERY) {
+                self.observed = Some(std::time::Instant::now());
+                if let Err(e) = self.observe().await {
+                    tracing::debug!(error = %e, "outbox backlog not measured");
+                }
+            }
             // Shutdown does not wait for a delivery in flight: its events stay in the outbox
             // (delivery is at least once) and another replica or the next start sends them.
             let outcome = tokio::select! {
@@ -237,6 +299,36 @@ impl Relay {
                 _ = shutdown.wait() => return,
             }
         }
+    }
+
+    /// Measures the backlog: items per partition (up to [`OBSERVE_LIMIT`]) and the age of the
+    /// oldest (each partition's first item, as keys are time-ordered).
+    async fn observe(&self) -> Result<(), RelayError> {
+        let mut pending = 0usize;
+        let mut oldest: Option<std::time::SystemTime> = None;
+        for index in 0..PARTITIONS {
+            let page = self
+                .table
+                .query(Query::partition(partition(index)).limit(OBSERVE_LIMIT))
+                .await?;
+            pending += page.items.len();
+            let first = page
+                .items
+                .first()
+                .map(|item| OutboxEntry::decode(item.data.as_ref()))
+                .transpose()?
+                .and_then(|entry| entry.event?.occur_time)
+                .and_then(|t| std::time::SystemTime::try_from(t).ok());
+            if let Some(t) = first {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        self.gauges.pending.set(pending as i64);
+        let age = oldest
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.gauges.oldest_age.set(age);
+        Ok(())
     }
 
     /// Works each of `partitions` that has events and that no other replica is working;

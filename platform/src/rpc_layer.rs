@@ -58,8 +58,28 @@ fn undecodable_is_invalid_argument<B>(res: &mut Response<B>) {
     }
 }
 
-fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
+/// The canonical name of a gRPC code (`OK`, `NOT_FOUND`), as gRPC and OpenTelemetry spell it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -73,6 +93,9 @@ enum Side {
 pub struct RpcLayer {
     metrics: Arc<Metrics>,
     side: Side,
+    /// Where a client's calls go (`server.address`, `server.port`): the configured target,
+    /// since a balanced channel's requests carry no authority.
+    target: Option<(String, u16)>,
 }
 
 impl RpcLayer {
@@ -80,12 +103,14 @@ impl RpcLayer {
         Self {
             metrics,
             side: Side::Server,
+            target: None,
         }
     }
-    pub fn client(metrics: Arc<Metrics>) -> Self {
+    pub fn client(metrics: Arc<Metrics>, host: &str, port: u16) -> Self {
         Self {
             metrics,
             side: Side::Client,
+            target: Some((host.to_string(), port)),
         }
     }
 }
@@ -97,6 +122,7 @@ impl<S> tower::Layer<S> for RpcLayer {
             inner,
             metrics: self.metrics.clone(),
             side: self.side,
+            target: self.target.clone(),
         }
     }
 }
@@ -106,6 +132,7 @@ pub struct RpcService<S> {
     inner: S,
     metrics: Arc<Metrics>,
     side: Side,
+    target: Option<(String, u16)>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for RpcService<S>
@@ -147,7 +174,8 @@ where
                 rpc.service = %service,
                 rpc.method = %method,
                 rpc.grpc.status_code = Empty,
-                server.address = req.uri().host().unwrap_or_default(),
+                server.address = self.target.as_ref().map_or("", |t| t.0.as_str()),
+                server.port = self.target.as_ref().map_or(0, |t| t.1),
                 trace_id = Empty,
             ),
         };
@@ -184,7 +212,7 @@ where
             let labels = RpcLabels {
                 rpc_service: service,
                 rpc_method: method,
-                grpc_code: code_name(code),
+                grpc_code: code_name(code).to_string(),
             };
             match side {
                 Side::Server => metrics.observe_server(labels, started.elapsed()),

@@ -92,7 +92,15 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        // Spans carry what OpenTelemetry's conventions name, not tracing's bookkeeping
+        // (busy/idle time, thread and source location).
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false),
+        )
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     if otlp_enabled {

@@ -8,8 +8,13 @@ value sets, validates every rendered manifest against the Kubernetes OpenAPI sch
 it knows), and checks what must agree across the chart, the Istio manifests and the
 binary's contract. Also: value sets missing a prerequisite must fail the render with a
 message naming what to set; deploy/README.md's IAM table must cover every DynamoDB call in the
-store code; every ORDERMESH_* variable the chart sets must be read in the Rust source. One line
-per check; the last line is "N passed, M failed".
+store code; every ORDERMESH_* variable the chart sets must be read in the Rust source. And the
+monitoring: `promtool check rules` and `promtool test rules` on deploy/prometheus/ (promtool
+from the distribution's prometheus package, tests/support/system-tools.sh), every metric and
+label the rules and the Grafana dashboard name is in deploy/prometheus/metrics.yaml, every
+alert has its runbook in deploy/README.md and its tests, and the chart's ServiceMonitors,
+PrometheusRule and dashboard ConfigMap carry the right ports and the same files. One line per
+check; the last line is "N passed, M failed".
 
 Run through tests/deploy/run.sh, which prepares the virtualenv.
 """
@@ -22,6 +27,8 @@ import functools
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
@@ -37,6 +44,14 @@ CHART = REPO / "deploy" / "helm" / "ordermesh"
 ISTIO = REPO / "istio"
 SHARED = Path(os.environ.get("ORDERMESH_SHARED_DIR") or REPO.parent / "shared")
 CRDS = SHARED / "schemas" / "istio-crds.yaml"
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+RULES = PROMETHEUS_DIR / "rules.yaml"
+RULES_TEST = PROMETHEUS_DIR / "rules_test.yaml"
+METRICS_CONTRACT = PROMETHEUS_DIR / "metrics.yaml"
+DASHBOARD = REPO / "deploy" / "grafana" / "ordermesh-dashboard.json"
+# The chart's copies, which the deploy/ paths above link to (.Files.Get reads only the chart).
+CHART_RULES = CHART / "files" / "prometheus-rules.yaml"
+CHART_DASHBOARD = CHART / "files" / "ordermesh-dashboard.json"
 
 RELEASE = "ordermesh"
 NAMESPACE = "ordermesh"
@@ -92,6 +107,14 @@ VARIANTS = {
                     "trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.10"], "trustedHops": 2},
         "discovery": {"clusterDomain": "k8s.internal", "dnsRefreshSeconds": 10},
     },
+    "monitoring": {
+        "metrics": {"scrapeAnnotations": False,
+                    "serviceMonitor": {"enabled": True, "interval": "15s",
+                                       "labels": {"release": "kube-prometheus-stack"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                    "grafanaDashboard": {"enabled": True, "labels": {"team": "shop"},
+                                         "annotations": {"grafana_folder": "ordermesh"}}},
+    },
     "builtin+own-secrets": {
         "mtls": {"certManager": {"enabled": False}},
         # empty: the binary's default, like 0
@@ -113,6 +136,9 @@ MISSING = {
         ["roles.<role>.tlsSecretName", "missing for: gateway"]),
     "one TLS Secret for every role": (
         {**IMAGE, "defaults": {"tlsSecretName": "mesh-tls"}}, ["tlsSecretName", "each role needs its own"]),
+    "ServiceMonitors under Istio (STRICT mTLS, the admin port denied)": (
+        {**IMAGE, "mtls": {"mode": "istio"}, "metrics": {"serviceMonitor": {"enabled": True}}},
+        ["metrics.serviceMonitor.enabled", "mtls.mode=istio", "metrics.scrapeAnnotations=true"]),
 }
 
 
@@ -278,6 +304,8 @@ def validate_kube(obj: dict, crds: dict) -> list[str]:
         return check_certificate(obj)
     if api == "cert-manager.io/v1" and obj.get("kind") == "Issuer":
         return check_issuer(obj)
+    if api.split("/")[0] == "monitoring.coreos.com":
+        return validate_monitoring(obj)
     problems = []
     for version in (KUBE_MIN, KUBE_LATEST):
         try:
@@ -1285,6 +1313,576 @@ def check_readme(values: dict) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------ monitoring
+
+# Labels Prometheus adds to every series of a target (the ServiceMonitors' defaults).
+TARGET_LABELS = {"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
+GRPC_CODES = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+              "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+              "UNAUTHENTICATED"}
+SEVERITIES = {"critical", "warning"}
+PROMQL_AGGREGATORS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+                      "bottomk", "topk", "quantile", "limitk", "limit_ratio"}
+PROMQL_FUNCTIONS = set("""
+abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes clamp
+clamp_max clamp_min cos cosh count_over_time day_of_month day_of_week day_of_year days_in_month deg
+delta deriv exp floor histogram_avg histogram_count histogram_fraction histogram_quantile
+histogram_stddev histogram_stdvar histogram_sum holt_winters hour idelta increase irate label_join
+label_replace last_over_time ln log10 log2 mad_over_time max_over_time min_over_time minute month pi
+predict_linear present_over_time quantile_over_time rad rate resets round scalar sgn sin sinh sort
+sort_by_label sort_by_label_desc sort_desc sqrt stddev_over_time stdvar_over_time sum_over_time tan
+tanh time timestamp vector year
+""".split())
+PROMQL_GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+PROMQL_KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan", "atan2"}
+GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s",
+                    "__range_ms", "__from", "__to", "__dashboard", "__name"}
+PROMQL_TOKEN = re.compile(r"""
+    (?P<ws>\s+) | (?P<comment>\#[^\n]*)
+  | (?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
+  | (?P<var>\$\{[^}]*\}|\$\w+)
+  | (?P<range>\[[^\]]*\])
+  | (?P<num>(?:0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+)(?:ms|s|m|h|d|w|y)*)
+  | (?P<id>[A-Za-z_:][A-Za-z0-9_:]*)
+  | (?P<op>==|!=|=~|!~|>=|<=|[-+*/%^<>=(),{}@])
+""", re.X)
+
+
+def promql_tokens(expr: str) -> tuple[list[tuple[str, str]], list[str]]:
+    tokens, problems, pos = [], [], 0
+    while pos < len(expr):
+        m = PROMQL_TOKEN.match(expr, pos)
+        if not m:
+            problems.append(f"cannot read the PromQL at {expr[pos:pos + 20]!r}")
+            break
+        if m.lastgroup not in ("ws", "comment"):
+            tokens.append((m.lastgroup, m.group()))
+        pos = m.end()
+    return tokens, problems
+
+
+def unquote(s: str) -> str:
+    return s[1:-1].encode().decode("unicode_escape") if s[:1] in "\"'" else s[1:-1]
+
+
+def promql_refs(expr: str) -> tuple[list[tuple[str | None, list[tuple[str, str, str]]]], set[str], list[str]]:
+    """The selectors of a PromQL expression (metric name, its matchers as (label, op, value)),
+    the functions and aggregations it calls, and what could not be read. A lexer, not a
+    parser: enough to tell which metrics and labels an expression names."""
+    tokens, problems = promql_tokens(expr)
+    selectors: list[tuple[str | None, list[tuple[str, str, str]]]] = []
+    functions: set[str] = set()
+
+    def matchers(i: int) -> tuple[list[tuple[str, str, str]], int]:
+        out, i = [], i + 1  # past "{"
+        while i < len(tokens) and tokens[i] != ("op", "}"):
+            if tokens[i] == ("op", ","):
+                i += 1
+                continue
+            if i + 2 < len(tokens) and tokens[i][0] in ("id", "str") and tokens[i + 2][0] == "str":
+                label = tokens[i][1] if tokens[i][0] == "id" else unquote(tokens[i][1])
+                out.append((label, tokens[i + 1][1], unquote(tokens[i + 2][1])))
+                i += 3
+            else:
+                problems.append(f"cannot read the label matchers at {tokens[i][1]!r}")
+                return out, len(tokens)
+        return out, i + 1
+
+    i = 0
+    while i < len(tokens):
+        kind, value = tokens[i]
+        following = tokens[i + 1] if i + 1 < len(tokens) else (None, None)
+        if kind == "id":
+            if value in PROMQL_GROUPING:
+                if following == ("op", "("):
+                    while i < len(tokens) and tokens[i] != ("op", ")"):
+                        i += 1
+                i += 1
+            elif value.lower() in PROMQL_KEYWORDS:
+                i += 1
+            elif value in PROMQL_AGGREGATORS or following == ("op", "("):
+                functions.add(value)
+                i += 1
+            elif following == ("op", "{"):
+                found, i = matchers(i + 1)
+                selectors.append((value, found))
+            else:
+                selectors.append((value, []))
+                i += 1
+        elif (kind, value) == ("op", "{"):
+            found, i = matchers(i)
+            names = [v for label, op, v in found if label == "__name__" and op == "="]
+            selectors.append((names[0] if names else None, [m for m in found if m[0] != "__name__"]))
+        else:
+            i += 1
+    return selectors, functions, problems
+
+
+def load_metrics_contract() -> dict[str, set[str]]:
+    """Sample name -> its labels, from deploy/prometheus/metrics.yaml; plus up."""
+    out: dict[str, set[str]] = {"up": set()}
+    for m in yaml.safe_load(METRICS_CONTRACT.read_text())["metrics"]:
+        name, kind, labels = m["name"], m["type"], set(m.get("labels") or [])
+        if kind == "counter":
+            out[f"{name}_total"] = labels
+        elif kind == "gauge":
+            out[name] = labels
+        elif kind == "histogram":
+            out.update({f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels})
+        else:
+            raise ValueError(f"{METRICS_CONTRACT.name}: {name}: unknown type {kind}")
+    return out
+
+
+def check_expr(where: str, expr: str, contract: dict[str, set[str]], records: set[str]) -> list[str]:
+    """Every metric an expression names is exposed by the binaries (or recorded by a rule), and
+    every label it matches on is one that metric has."""
+    selectors, functions, problems = promql_refs(expr)
+    problems = [f"{where}: {p}" for p in problems]
+    if not selectors:
+        problems.append(f"{where}: names no metric")
+    for name, found in selectors:
+        if name is None:
+            problems.append(f"{where}: a selector without a metric name")
+        elif name in records:
+            continue
+        elif name not in contract:
+            problems.append(f"{where}: {name} is neither a metric in {METRICS_CONTRACT.relative_to(REPO)} "
+                            "nor a recording rule")
+        else:
+            for label, op, value in found:
+                if label not in contract[name] | TARGET_LABELS:
+                    problems.append(f"{where}: {name} has no label {label}")
+                elif label == "grpc_code" and not re.search(r"[$.*+?\[]", value):
+                    bad = set(value.split("|")) - GRPC_CODES - {""}
+                    if bad:
+                        problems.append(f"{where}: grpc_code {sorted(bad)} is no gRPC code name")
+    for f in sorted(functions - PROMQL_FUNCTIONS - PROMQL_AGGREGATORS):
+        problems.append(f"{where}: unknown PromQL function {f}")
+    return problems
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"\s", "-", re.sub(r"[^\w\- ]", "", heading.strip().lower()))
+
+
+def readme_alert_sections() -> dict[str, str]:
+    """Heading anchor -> text of each ### section under deploy/README.md's '## Alerts'."""
+    text = (REPO / "deploy" / "README.md").read_text()
+    m = re.search(r"^## Alerts\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    if not m:
+        return {}
+    parts = re.split(r"^### (.+)$", m.group(1), flags=re.M)
+    return {github_anchor(h): body for h, body in zip(parts[1::2], parts[2::2])}
+
+
+def up_jobs(expr: str) -> set[str] | None:
+    """The jobs an up{job=~"a|b"} selector in expr names, or None."""
+    for name, found in promql_refs(expr)[0]:
+        if name == "up":
+            for label, op, value in found:
+                if label == "job" and op in ("=", "=~"):
+                    return set(value.split("|"))
+    return None
+
+
+def load_rules() -> dict:
+    return yaml.safe_load(RULES.read_text())
+
+
+def rule_names(rules: dict) -> tuple[set[str], dict[str, dict]]:
+    records = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    return records, alerts
+
+
+def check_rules(rules: dict, contract: dict[str, set[str]]) -> list[str]:
+    """The rules name only exposed metrics and labels (or their own recordings); each alert has a
+    severity, a summary, a description and a runbook_url to its section of deploy/README.md."""
+    problems = []
+    records, alerts = rule_names(rules)
+    for g in rules["groups"]:
+        for rule in g["rules"]:
+            where = f"{g['name']}/{rule.get('record') or rule.get('alert')}"
+            problems += check_expr(where, str(rule["expr"]), contract, records)
+    sections = readme_alert_sections()
+    if not sections:
+        problems.append("deploy/README.md has no '## Alerts' section with a '### <alert>' per alert")
+    for name, rule in sorted(alerts.items()):
+        if rule.get("labels", {}).get("severity") not in SEVERITIES:
+            problems.append(f"{name}: label severity must be one of {sorted(SEVERITIES)}")
+        ann = rule.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            if not ann.get(key):
+                problems.append(f"{name}: no {key} annotation")
+        want = f"deploy/README.md#{github_anchor(name)}"
+        if ann.get("runbook_url") != want:
+            problems.append(f"{name}: runbook_url {ann.get('runbook_url')!r}, want {want!r}")
+        if github_anchor(name) not in sections:
+            problems.append(f"{name}: deploy/README.md's Alerts section has no '### {name}'")
+    for anchor in sorted(set(sections) - {github_anchor(a) for a in alerts}):
+        problems.append(f"deploy/README.md's Alerts section describes #{anchor}, which is no alert in rules.yaml")
+    down = next((str(r["expr"]) for r in alerts.values() if up_jobs(str(r["expr"])) is not None), None)
+    if down is None:
+        problems.append("no alert on up{job=~...} for the chart's scrape jobs")
+    elif up_jobs(down) != set(ROLES.values()):
+        problems.append(f"the up alert names the jobs {sorted(up_jobs(down))}, but the chart's ServiceMonitors "
+                        f"make one job per workload: {sorted(ROLES.values())}")
+    return problems
+
+
+def check_rules_tests(rules: dict, contract: dict[str, set[str]]) -> list[str]:
+    """rules_test.yaml tests each alert firing and not firing, evaluates each recording rule, and
+    feeds series the binaries really expose."""
+    problems = []
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    records, alerts = rule_names(rules)
+    if tests.get("rule_files") != [RULES.name]:
+        problems.append(f"rule_files must be [{RULES.name}]")
+    firing, quiet, evaluated = set(), set(), set()
+    for t in tests.get("tests", []):
+        for series in t.get("input_series", []):
+            problems += check_expr(f"test {t.get('name')!r}: input series", series["series"], contract, set())
+        for a in t.get("alert_rule_test", []):
+            (firing if a.get("exp_alerts") else quiet).add(a["alertname"])
+        for e in t.get("promql_expr_test", []):
+            evaluated |= {name for name, _ in promql_refs(e["expr"])[0]}
+    problems += [f"{a}: no test where it fires" for a in sorted(set(alerts) - firing)]
+    problems += [f"{a}: no test where it stays quiet" for a in sorted(set(alerts) - quiet)]
+    problems += [f"recording rule {r} is evaluated by no promql_expr_test" for r in sorted(records - evaluated)]
+    problems += [f"alert_rule_test for {a}, which rules.yaml does not define"
+                 for a in sorted((firing | quiet) - set(alerts))]
+    return problems
+
+
+def promtool_version() -> str | None:
+    exe = shutil.which("promtool")
+    if not exe:
+        return None
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    first = (out.stdout or out.stderr).splitlines()
+    return first[0].replace("promtool, ", "") if first else "promtool"
+
+
+def run_promtool(*args: str) -> list[str]:
+    exe = shutil.which("promtool")
+    if not exe:
+        return ["promtool not found: bash tests/support/system-tools.sh installs it "
+                "(Debian's prometheus package)"]
+    p = subprocess.run([exe, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=120)
+    if p.returncode == 0:
+        return []
+    return [line for line in (p.stdout + p.stderr).splitlines() if line.strip()] or [f"exit {p.returncode}"]
+
+
+def check_shared_files() -> list[str]:
+    """deploy/prometheus/rules.yaml and deploy/grafana/ordermesh-dashboard.json are the chart's
+    files (symlinks), so the PrometheusRule and ConfigMap carry exactly what is tested here."""
+    problems = []
+    for path, chart_file in ((RULES, CHART_RULES), (DASHBOARD, CHART_DASHBOARD)):
+        rel, chart_rel = path.relative_to(REPO), chart_file.relative_to(REPO)
+        if not chart_file.is_file():
+            problems.append(f"{chart_rel} missing")
+        elif not path.exists():
+            problems.append(f"{rel} missing (a symlink to {chart_rel})")
+        elif path.resolve() != chart_file.resolve() and path.read_bytes() != chart_file.read_bytes():
+            problems.append(f"{rel} differs from {chart_rel}: it must be a symlink to it "
+                            "(the chart's templates read only files inside the chart)")
+    return problems
+
+
+def grafana_query(q: object) -> str:
+    return (q.get("query") or q.get("expr") or "") if isinstance(q, dict) else str(q or "")
+
+
+def check_dashboard(contract: dict[str, set[str]], records: set[str]) -> tuple[list[str], int]:
+    """Valid JSON; a Prometheus datasource variable every panel and query uses; a route
+    variable; panels with unique ids on a 24-column grid, without overlaps; every expression names
+    only exposed metrics and labels (or recording rules) and only defined variables."""
+    try:
+        d = json.loads(DASHBOARD.read_text())
+    except ValueError as e:
+        return [f"not valid JSON: {e}"], 0
+    problems = []
+    if not isinstance(d.get("schemaVersion"), int) or d["schemaVersion"] < 36:
+        problems.append(f"schemaVersion {d.get('schemaVersion')!r}, want 36 or later")
+    for key in ("uid", "title"):
+        if not d.get(key):
+            problems.append(f"no {key}")
+    variables = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource", {})
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        problems.append("want a variable 'datasource' of type datasource, query prometheus")
+    if variables.get("route", {}).get("type") != "query":
+        problems.append("want a query variable 'route'")
+    want_ds = {"type": "prometheus", "uid": "${datasource}"}
+    defined = set(variables) | GRAFANA_BUILTINS
+
+    def check_vars(where: str, expr: str) -> None:
+        for v in re.findall(r"\$\{?(\w+)", expr):
+            if v not in defined:
+                problems.append(f"{where}: ${v} is no variable of the dashboard")
+
+    for name, v in variables.items():
+        if v.get("type") != "query":
+            continue
+        where = f"variable {name}"
+        if v.get("datasource") != want_ds:
+            problems.append(f"{where}: datasource must be {want_ds}")
+        q = grafana_query(v.get("query")).strip()
+        m = re.fullmatch(r"label_values\((.*),\s*(\w+)\s*\)", q, re.S) or re.fullmatch(r"query_result\((.*)\)", q, re.S)
+        if not m:
+            problems.append(f"{where}: want label_values(<selector>, <label>) or query_result(<expr>), found {q!r}")
+            continue
+        problems += check_expr(where, m.group(1), contract, records)
+        if m.re.pattern.startswith("label_values"):
+            sel = promql_refs(m.group(1))[0]
+            if sel and sel[0][0] in contract and m.group(2) not in contract[sel[0][0]] | TARGET_LABELS:
+                problems.append(f"{where}: {sel[0][0]} has no label {m.group(2)}")
+        if name == "job" and up_jobs(m.group(1)) not in (None, set(ROLES.values())):
+            problems.append(f"{where}: lists the jobs {sorted(up_jobs(m.group(1)))}, want {sorted(ROLES.values())}")
+
+    def walk(panels):
+        for p in panels:
+            yield p
+            yield from walk(p.get("panels") or [])
+
+    panels = list(walk(d.get("panels", [])))
+    ids = [p.get("id") for p in panels]
+    problems += [f"panel id {i} used {ids.count(i)} times" for i in sorted(set(ids), key=str) if ids.count(i) > 1]
+    cells: dict[tuple[int, int], str] = {}
+    queries = 0
+    for p in panels:
+        where = f"panel {p.get('id')} {p.get('title')!r}"
+        g = p.get("gridPos") or {}
+        if not all(isinstance(g.get(k), int) for k in "hwxy") or g["x"] + g["w"] > 24:
+            problems.append(f"{where}: gridPos {g} is not on the 24-column grid")
+        else:
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    if (x, y) in cells:
+                        problems.append(f"{where}: overlaps {cells[(x, y)]}")
+                        break
+                    cells[(x, y)] = where
+                else:
+                    continue
+                break
+        if p.get("type") == "row":
+            continue
+        if p.get("datasource") != want_ds:
+            problems.append(f"{where}: datasource must be {want_ds}")
+        targets = p.get("targets") or []
+        if not targets:
+            problems.append(f"{where}: no query")
+        refs = [t.get("refId") for t in targets]
+        if len(set(refs)) != len(refs):
+            problems.append(f"{where}: refIds {refs} not unique")
+        for t in targets:
+            if t.get("datasource", want_ds) != want_ds:
+                problems.append(f"{where}: query {t.get('refId')} datasource must be {want_ds}")
+            expr = t.get("expr") or ""
+            queries += 1
+            problems += check_expr(where, expr, contract, records)
+            check_vars(where, expr)
+    if not any("$route" in (t.get("expr") or "") for p in panels for t in p.get("targets") or []):
+        problems.append("no panel uses $route")
+    return problems, queries
+
+
+# No Prometheus Operator CRD schemas ship here: the fields of monitoring.coreos.com/v1 the chart
+# may set, strictly (a misspelt field would be pruned by the API server without a word).
+PROM_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?"
+                                              r"(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+MONITORING_SCHEMAS = {
+    "ServiceMonitor": {
+        "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+        "properties": {
+            "jobLabel": {"type": "string"},
+            "targetLabels": {"type": "array", "items": {"type": "string"}},
+            "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "sampleLimit": {"type": "integer", "minimum": 0},
+            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+            "selector": {"type": "object", "additionalProperties": False, "properties": {
+                "matchLabels": STRING_MAP, "matchExpressions": {"type": "array"}}},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "port": {"type": "string"}, "targetPort": {"type": ["string", "integer"]},
+                    "path": {"type": "string"}, "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                    "interval": PROM_DURATION, "scrapeTimeout": PROM_DURATION,
+                    "honorLabels": {"type": "boolean"}, "honorTimestamps": {"type": "boolean"},
+                    "params": {"type": "object"}, "tlsConfig": {"type": "object"},
+                    "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"}}}},
+        },
+    },
+    "PrometheusRule": {
+        "type": "object", "additionalProperties": False, "required": ["groups"],
+        "properties": {"groups": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1}, "interval": PROM_DURATION,
+                "limit": {"type": "integer"}, "labels": STRING_MAP,
+                "rules": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["expr"],
+                    "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                    "properties": {
+                        "record": {"type": "string"}, "alert": {"type": "string"},
+                        "expr": {"type": ["string", "integer"]}, "for": PROM_DURATION,
+                        "keep_firing_for": PROM_DURATION, "labels": STRING_MAP,
+                        "annotations": STRING_MAP}}}}}}},
+    },
+}
+
+
+def validate_monitoring(obj: dict) -> list[str]:
+    where, kind = ident(obj), obj.get("kind")
+    if obj.get("apiVersion") != "monitoring.coreos.com/v1" or kind not in MONITORING_SCHEMAS:
+        return [f"{where}: unexpected {obj.get('apiVersion')} {kind}"]
+    problems = []
+    extra = set(obj) - {"apiVersion", "kind", "metadata", "spec"}
+    if extra:
+        problems.append(f"{where}: unknown top-level fields {sorted(extra)}")
+    meta = obj.get("metadata", {})
+    if not DNS1123_SUBDOMAIN.match(meta.get("name", "")):
+        problems.append(f"{where}: metadata.name is not a DNS-1123 subdomain")
+    for key in ("labels", "annotations"):
+        if not all(isinstance(v, str) for v in (meta.get(key) or {}).values()):
+            problems.append(f"{where}: metadata.{key} values must be strings")
+    for err in jsonschema.Draft7Validator(MONITORING_SCHEMAS[kind]).iter_errors(obj.get("spec", {})):
+        problems.append(f"{where}: spec.{'.'.join(str(p) for p in err.path)}: {err.message}")
+    return problems
+
+
+def check_monitoring(r: Rendered) -> list[str]:
+    """metrics.serviceMonitor: a ServiceMonitor per role whose one endpoint resolves, through
+    exactly one selected Service, to the role's container port 9090 (the gateway's admin
+    listener through a headless Service of its own), with job = the workload name, as the rules
+    expect. metrics.prometheusRule: one PrometheusRule carrying rules.yaml. grafanaDashboard:
+    one ConfigMap labelled grafana_dashboard=1 carrying the dashboard. Off: none of them."""
+    m, problems = r.values["metrics"], []
+    sms = {o["metadata"]["name"]: o for o in r.all("ServiceMonitor")}
+    admin_svc = r.get("Service", "edge-gateway-metrics")
+    cfg = m["serviceMonitor"]
+    if not cfg["enabled"]:
+        if sms or admin_svc:
+            problems.append(f"metrics.serviceMonitor.enabled is false, yet rendered "
+                            f"{sorted(sms) + (['Service/edge-gateway-metrics'] if admin_svc else [])}")
+    else:
+        if set(sms) != set(ROLES.values()):
+            problems.append(f"ServiceMonitors {sorted(sms)}, want one per workload {sorted(ROLES.values())}")
+        for role, workload, dep in r.deployments():
+            sm = sms.get(workload)
+            if not sm:
+                continue
+            where, spec = ident(sm), sm["spec"]
+            labels = sm["metadata"].get("labels", {})
+            if any(labels.get(k) != v for k, v in (cfg.get("labels") or {}).items()):
+                problems.append(f"{where}: lacks metrics.serviceMonitor.labels {cfg['labels']}")
+            if spec.get("namespaceSelector", {}).get("matchNames") != [NAMESPACE]:
+                problems.append(f"{where}: namespaceSelector must be the release's namespace only")
+            eps = spec.get("endpoints", [])
+            if len(eps) != 1:
+                problems.append(f"{where}: want one endpoint, found {len(eps)}")
+                continue
+            ep = eps[0]
+            want_port = "http-admin" if role == "gateway" else "http-metrics"
+            if (ep.get("port"), ep.get("path"), ep.get("scheme", "http")) != (want_port, "/metrics", "http"):
+                problems.append(f"{where}: endpoint {ep}, want port {want_port}, path /metrics, http")
+            if ep.get("interval") != cfg["interval"]:
+                problems.append(f"{where}: interval {ep.get('interval')!r}, want metrics.serviceMonitor.interval")
+            sel = spec.get("selector", {}).get("matchLabels", {})
+            hits = [(s, p) for s in r.all("Service") if selects(sel, s["metadata"].get("labels", {}))
+                    for p in s["spec"]["ports"] if p["name"] == ep.get("port")]
+            if len(hits) != 1:
+                problems.append(f"{where}: selects {len(hits)} Services with a port {ep.get('port')}, want 1")
+                continue
+            svc, port = hits[0]
+            pods = [w for _, w, d in r.deployments() if selects(svc["spec"].get("selector", {}), pod_labels(d))]
+            if pods != [workload]:
+                problems.append(f"{where}: {ident(svc)} selects the pods of {pods}, want {workload}'s")
+            target = port.get("targetPort", port["port"])
+            cports = {p["name"]: p["containerPort"] for p in container(dep).get("ports", [])}
+            if (cports.get(target) if isinstance(target, str) else target) != METRICS_PORT:
+                problems.append(f"{where}: {ident(svc)} port {port['name']} targets {target}, "
+                                f"want the container's metrics port {METRICS_PORT}")
+            job_label = spec.get("jobLabel")
+            job = svc["metadata"].get("labels", {}).get(job_label) if job_label else svc["metadata"]["name"]
+            if job != workload:
+                problems.append(f"{where}: Prometheus's job would be {job!r}; rules.yaml expects {workload!r}")
+            if role == "gateway":
+                if svc["metadata"]["name"] == workload or svc["spec"].get("clusterIP") != "None":
+                    problems.append(f"{where}: the admin port must come from a headless Service of its "
+                                    f"own, never {ident(svc)}")
+                if [p["name"] for p in svc["spec"]["ports"]] != ["http-admin"]:
+                    problems.append(f"{ident(svc)}: must carry the admin port only")
+        if r.istio:
+            problems.append("ServiceMonitors rendered in istio mode: Prometheus cannot scrape port 9090 there")
+    prs = r.all("PrometheusRule")
+    if not m["prometheusRule"]["enabled"]:
+        problems += [f"{ident(p)} rendered although metrics.prometheusRule.enabled is false" for p in prs]
+    elif len(prs) != 1:
+        problems.append(f"want one PrometheusRule, found {len(prs)}")
+    else:
+        if prs[0]["spec"] != yaml.safe_load(CHART_RULES.read_text()):
+            problems.append(f"{ident(prs[0])}: spec differs from {CHART_RULES.relative_to(REPO)}")
+        labels = prs[0]["metadata"].get("labels", {})
+        if any(labels.get(k) != v for k, v in (m["prometheusRule"].get("labels") or {}).items()):
+            problems.append(f"{ident(prs[0])}: lacks metrics.prometheusRule.labels")
+    cms = [c for c in r.all("ConfigMap") if "grafana_dashboard" in c["metadata"].get("labels", {})]
+    gd = m["grafanaDashboard"]
+    if not gd["enabled"]:
+        problems += [f"{ident(c)} rendered although metrics.grafanaDashboard.enabled is false" for c in cms]
+    elif len(cms) != 1:
+        problems.append(f"want one ConfigMap labelled grafana_dashboard, found {len(cms)}")
+    else:
+        cm, want = cms[0], json.loads(CHART_DASHBOARD.read_text())
+        meta = cm["metadata"]
+        if {**{"grafana_dashboard": "1"}, **(gd.get("labels") or {})}.items() - meta.get("labels", {}).items():
+            problems.append(f"{ident(cm)}: labels {meta.get('labels')}, want grafana_dashboard: \"1\" "
+                            "and metrics.grafanaDashboard.labels")
+        if (gd.get("annotations") or {}).items() - (meta.get("annotations") or {}).items():
+            problems.append(f"{ident(cm)}: lacks metrics.grafanaDashboard.annotations")
+        data = cm.get("data", {})
+        if len(data) != 1 or not next(iter(data)).endswith(".json"):
+            problems.append(f"{ident(cm)}: want one *.json key, found {sorted(data)}")
+        elif json.loads(next(iter(data.values()))) != want:
+            problems.append(f"{ident(cm)}: differs from {CHART_DASHBOARD.relative_to(REPO)}")
+    return problems
+
+
+METRICS_PREFIX = "ordermesh_"
+# Families registered outside the prefixed registry (platform/src/process_metrics.rs).
+UNPREFIXED_FAMILIES = re.compile(r"^process_")
+
+
+def check_metrics_in_source() -> list[str]:
+    """The binaries register every family of metrics.yaml: the process registry prefixes the
+    names with ordermesh_ (Registry::with_prefix), so a family ordermesh_<x> is registered as
+    "<x>", and process_* under its own name. A text search of the Rust source, like the
+    ORDERMESH_* check: it catches a renamed or dropped family, not a wrong label."""
+    source = "\n".join(p.read_text() for p in rust_files(BINARY_SOURCES))
+    problems = []
+    if f'Registry::with_prefix("{METRICS_PREFIX.rstrip("_")}")' not in source:
+        problems.append(f"the Rust source no longer registers with Registry::with_prefix("
+                        f"\"{METRICS_PREFIX.rstrip('_')}\"): the exposed names in "
+                        f"{METRICS_CONTRACT.relative_to(REPO)} need revisiting")
+    for m in yaml.safe_load(METRICS_CONTRACT.read_text())["metrics"]:
+        name = m["name"]
+        if UNPREFIXED_FAMILIES.match(name):
+            registered = name
+        elif name.startswith(METRICS_PREFIX):
+            registered = name[len(METRICS_PREFIX):]
+        else:
+            problems.append(f"{name}: exposed names carry the {METRICS_PREFIX} prefix (only process_* do not)")
+            continue
+        if f'"{registered}"' not in source:
+            problems.append(f"{name}: no Rust source registers \"{registered}\"")
+    return problems
+
+
 # ----------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -1330,6 +1928,12 @@ def main() -> int:
             "discovery.dnsRefreshSeconds=0": {"discovery": {"dnsRefreshSeconds": 0}},
             "mtls.certManager.bootstrapCA.lifetime": {"mtls": {"certManager": {"bootstrapCA": {"lifetime": "1h"}}}},
             "image.repository=ordermesh:1.0": {"image": {"repository": "ordermesh:1.0"}},
+            "metrics.serviceMonitor.enable": {"metrics": {"serviceMonitor": {"enable": True}}},
+            "metrics.serviceMonitor.interval=30": {"metrics": {"serviceMonitor": {"interval": "30"}}},
+            "metrics.serviceMonitor.interval=1m30": {"metrics": {"serviceMonitor": {"interval": "1m30"}}},
+            "metrics.prometheusRule.label": {"metrics": {"prometheusRule": {"label": {"a": "b"}}}},
+            "metrics.grafanaDashboard.labels.grafana_dashboard=1 (a number)":
+                {"metrics": {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}},
         }
         problems = []
         for label, bad in typos.items():
@@ -1374,6 +1978,11 @@ def main() -> int:
             report.check(f"[{label}] {mode} mTLS: sidecar label, endpoints, TLS mounts", check_mtls(r))
             report.check(f"[{label}] JWT signing key only in user-service", check_jwt(r))
             report.check(f"[{label}] DynamoDB tables hook Job", check_tables_job(r))
+            on = [k for k in ("serviceMonitor", "prometheusRule", "grafanaDashboard")
+                  if r.values["metrics"][k]["enabled"]]
+            report.check(f"[{label}] monitoring objects: "
+                         + (", ".join(on) + " with the metrics ports and the same files" if on else "none"),
+                         check_monitoring(r))
 
         for label, (values, wanted) in MISSING.items():
             problems = []
@@ -1393,6 +2002,27 @@ def main() -> int:
     if UNEVALUATED_CEL:
         print(f"note  {len(UNEVALUATED_CEL)} CEL rule(s) met but not evaluated: "
               + "; ".join(sorted(UNEVALUATED_CEL)))
+
+    version = promtool_version()
+    report.check(f"promtool check rules {RULES.relative_to(REPO)} ({version or 'promtool missing'})",
+                 run_promtool("check", "rules", RULES.name))
+    report.check(f"promtool test rules {RULES_TEST.relative_to(REPO)}",
+                 run_promtool("test", "rules", RULES_TEST.name))
+    report.check(f"{RULES.relative_to(REPO)} and {DASHBOARD.relative_to(REPO)} are the chart's files "
+                 "(symlinks into deploy/helm/ordermesh/files/)", check_shared_files())
+    contract = load_metrics_contract()
+    rules = load_rules()
+    records, alerts = rule_names(rules)
+    report.check(f"rules.yaml: {len(records)} recording rules and {len(alerts)} alerts name only metrics and "
+                 f"labels of {METRICS_CONTRACT.relative_to(REPO)}; each alert has severity, summary, "
+                 "description and its runbook in deploy/README.md", check_rules(rules, contract))
+    report.check("rules_test.yaml: each alert tested firing and quiet, each recording rule evaluated, "
+                 "input series as exposed", check_rules_tests(rules, contract))
+    problems, queries = check_dashboard(contract, records)
+    report.check(f"{DASHBOARD.relative_to(REPO)}: valid, datasource and route variables, {queries} queries "
+                 "naming only exposed metrics and labels or recording rules", problems)
+    report.check(f"every metric family of {METRICS_CONTRACT.relative_to(REPO)} is registered by the binary",
+                 check_metrics_in_source())
 
     report.check("Dockerfile and .dockerignore", check_dockerfile())
     report.check("deploy/README.md lists every DynamoDB operation the store code calls, with its IAM "

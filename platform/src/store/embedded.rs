@@ -95,6 +95,7 @@ struct WriteRequest {
 pub struct EmbeddedTable {
     db: Arc<Database>,
     writer: Arc<Writer>,
+    name: Arc<str>,
 }
 
 /// The writer thread. When the last handle goes, the thread is stopped and joined, so the
@@ -114,6 +115,10 @@ impl Drop for Writer {
 }
 
 impl EmbeddedTable {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Opens (creating if needed) `<dir>/<name>.redb`.
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
         Self::open_sweeping_every(dir, name, SWEEP_EVERY)
@@ -147,6 +152,7 @@ impl EmbeddedTable {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
+            name: Arc::from(name),
         })
     }
 

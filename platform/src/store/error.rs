@@ -31,6 +31,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A short name of the kind of failure (`error.type` on spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ConditionFailed { .. } => "condition_failed",
+            Self::Conflict => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::InvalidKey(_) => "invalid_key",
+            Self::InvalidBatch(_) => "invalid_batch",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::Corrupt(_) => "corrupt",
+            Self::Backend(_) => "backend",
+        }
+    }
+
     pub fn is_condition_failed(&self) -> bool {
         matches!(self, Self::ConditionFailed { .. })
     }

@@ -108,6 +108,10 @@ impl FaultyTable {
         Self { inner, faults }
     }
 
+    pub(super) fn inner(&self) -> &Table {
+        &self.inner
+    }
+
     pub(super) async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         self.inner.get(pk, sk).await
     }

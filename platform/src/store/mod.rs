@@ -14,6 +14,7 @@ pub mod embedded;
 mod error;
 pub mod faults;
 mod key_locks;
+pub mod observed;
 pub mod schema;
 
 use bytes::Bytes;
@@ -204,25 +205,58 @@ pub enum Table {
 }
 
 impl Table {
+    /// The table's name (as DynamoDB knows it, or the embedded file's).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Embedded(t) => t.name(),
+            Self::DynamoDb(t) => t.table_name(),
+            Self::Faulty(t) => t.inner().name(),
+        }
+    }
+
+    /// `db.system.name` of the backend.
+    fn system(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "redb",
+            Self::DynamoDb(_) => "aws.dynamodb",
+            Self::Faulty(t) => t.inner().system(),
+        }
+    }
+
     pub async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         validate_key(pk)?;
         validate_key(sk)?;
-        match self {
-            Self::Embedded(t) => t.get(pk, sk).await,
-            Self::DynamoDb(t) => t.get(pk, sk).await,
-            Self::Faulty(t) => Box::pin(t.get(pk, sk)).await,
-        }
+        let op = async {
+            match self {
+                Self::Embedded(t) => t.get(pk, sk).await,
+                Self::DynamoDb(t) => t.get(pk, sk).await,
+                Self::Faulty(t) => Box::pin(t.get(pk, sk)).await,
+            }
+        };
+        observed::call(self.system(), self.name(), "GetItem", op).await
     }
 
     /// Applies every write or none. Returns the new version of each `Put` in order (0 for
     /// other writes).
     pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, StoreError> {
         validate_batch(&writes)?;
-        match self {
-            Self::Embedded(t) => t.write(writes).await,
-            Self::DynamoDb(t) => t.write(writes).await,
-            Self::Faulty(t) => Box::pin(t.write(writes)).await,
-        }
+        let operation = if writes.len() == 1 {
+            match writes[0] {
+                Write::Put { .. } => "PutItem",
+                Write::Delete { .. } => "DeleteItem",
+                _ => "TransactWriteItems",
+            }
+        } else {
+            "TransactWriteItems"
+        };
+        let op = async {
+            match self {
+                Self::Embedded(t) => t.write(writes).await,
+                Self::DynamoDb(t) => t.write(writes).await,
+                Self::Faulty(t) => Box::pin(t.write(writes)).await,
+            }
+        };
+        observed::call(self.system(), self.name(), operation, op).await
     }
 
     /// One conditional put; returns the item's new version.
@@ -244,11 +278,14 @@ impl Table {
     /// Items of one partition of the table, by sort key.
     pub async fn query(&self, query: Query) -> Result<Page, StoreError> {
         validate_query(&query)?;
-        match self {
-            Self::Embedded(t) => t.query(query, false).await,
-            Self::DynamoDb(t) => t.query(query, false).await,
-            Self::Faulty(t) => Box::pin(t.query(query, false)).await,
-        }
+        let op = async {
+            match self {
+                Self::Embedded(t) => t.query(query, false).await,
+                Self::DynamoDb(t) => t.query(query, false).await,
+                Self::Faulty(t) => Box::pin(t.query(query, false)).await,
+            }
+        };
+        observed::call(self.system(), self.name(), "Query", op).await
     }
 
     /// Up to `page_size` items of a partition that `keep` maps to `Some`, reading as many
@@ -290,11 +327,14 @@ impl Table {
     /// Items of one partition of the `gsi1` index, by index sort key.
     pub async fn query_index(&self, query: Query) -> Result<Page, StoreError> {
         validate_query(&query)?;
-        match self {
-            Self::Embedded(t) => t.query(query, true).await,
-            Self::DynamoDb(t) => t.query(query, true).await,
-            Self::Faulty(t) => Box::pin(t.query(query, true)).await,
-        }
+        let op = async {
+            match self {
+                Self::Embedded(t) => t.query(query, true).await,
+                Self::DynamoDb(t) => t.query(query, true).await,
+                Self::Faulty(t) => Box::pin(t.query(query, true)).await,
+            }
+        };
+        observed::call(self.system(), self.name(), "Query", op).await
     }
 }
 

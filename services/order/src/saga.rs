@@ -513,7 +513,12 @@ impl OrderSaga {
     }
 
     /// Finishes charges and refunds left unfinished, until `shutdown`.
-    pub fn spawn_redriver(&self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    /// `pending` reports how much work each look found.
+    pub fn spawn_redriver(
+        &self,
+        shutdown: Shutdown,
+        pending: prometheus_client::metrics::gauge::Gauge,
+    ) -> tokio::task::JoinHandle<()> {
         let saga = self.clone();
         tokio::spawn(async move {
             loop {
@@ -522,7 +527,10 @@ impl OrderSaga {
                     _ = shutdown.wait() => return,
                 }
                 let work = match saga.orders.pending(100).await {
-                    Ok(w) => w,
+                    Ok(w) => {
+                        pending.set(w.len() as i64);
+                        w
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "re-driver cannot read pending work");
                         continue;

@@ -104,6 +104,9 @@ templates/validate.yaml; renders nothing.
 */}}
 {{- define "ordermesh.validate" -}}
 {{- $_ := include "ordermesh.image" . -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (eq .Values.mtls.mode "istio") -}}
+{{- fail "metrics.serviceMonitor.enabled=true does not work with mtls.mode=istio: STRICT mTLS refuses Prometheus's plaintext scrapes of port 9090, and istio/admin-port.yaml denies edge-gateway's to every caller. Set metrics.serviceMonitor.enabled=false and keep metrics.scrapeAnnotations=true: Istio merges each role's metrics into its agent's endpoint (port 15020, /stats/prometheus), which Prometheus scrapes in plaintext (see deploy/README.md, Monitoring)" -}}
+{{- end -}}
 {{- if eq .Values.mtls.mode "builtin" -}}
 {{- $missing := list -}}
 {{- $owners := dict -}}
