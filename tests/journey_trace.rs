@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use ordermesh_platform::identity::workloads;
 use ordermesh_platform::telemetry::{self, LogFormat};
 use ordermesh_tests::http::{Api, request};
 use ordermesh_tests::local_mesh::LocalMesh;
@@ -34,7 +35,15 @@ async fn an_order_placement_is_one_trace_across_every_hop() {
             format!("http://{}", receiver.addr),
         );
     }
-    let guard = telemetry::init("ordermesh", LogFormat::Text).expect("telemetry");
+    // As `ordermesh up` does: one process, each role its own service in the trace backend.
+    let roles = [
+        workloads::GATEWAY,
+        workloads::USER,
+        workloads::ORDER,
+        workloads::PAYMENT,
+        workloads::AUDIT,
+    ];
+    let guard = telemetry::init_roles("ordermesh", &roles, LogFormat::Text).expect("telemetry");
     let mesh = LocalMesh::start().await;
     let api = Api {
         addr: mesh.gateway,
@@ -104,6 +113,11 @@ async fn an_order_placement_is_one_trace_across_every_hop() {
                 SpanKind::Client,
             )
             .is_some()
+            // Every span of the trace is in, so none is an orphan.
+            && spans
+                .iter()
+                .filter(|s| s.span.trace_id == trace && !s.span.parent_span_id.is_empty())
+                .all(|s| by_id.contains_key(s.span.parent_span_id.as_slice()))
     };
     let mut spans = Vec::new();
     for _ in 0..60 {
@@ -192,6 +206,70 @@ async fn an_order_placement_is_one_trace_across_every_hop() {
     );
     assert!(chain.iter().any(|n| n == "outbox deliver"), "{chain:?}");
     assert_eq!(http.attribute("http.route").as_deref(), Some("/v1/orders"));
+
+    // Each hop is its role's service, as in production.
+    for (span, service) in [
+        (http, "edge-gateway"),
+        (order_client, "edge-gateway"),
+        (order_server, "order-service"),
+        (charge_client, "order-service"),
+        (charge_server, "payment-service"),
+        (append, "audit-service"),
+    ] {
+        assert_eq!(span.service, service, "{}", span.span.name);
+    }
+    // One root, no orphans.
+    let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.trace_id == trace).collect();
+    let roots: Vec<&str> = in_trace
+        .iter()
+        .filter(|s| s.span.parent_span_id.is_empty())
+        .map(|s| s.span.name.as_str())
+        .collect();
+    assert_eq!(roots, ["POST /v1/orders"]);
+    for s in &in_trace {
+        if !s.span.parent_span_id.is_empty() {
+            assert!(
+                parent(s).is_some(),
+                "{} ({}) is an orphan",
+                s.span.name,
+                s.service
+            );
+        }
+    }
+    // Store calls are CLIENT spans under the RPC that made them, named by the conventions.
+    let under = |s: &ReceivedSpan, server: &ReceivedSpan| {
+        parent(s).is_some_and(|p| p.span.span_id == server.span.span_id)
+    };
+    for (server, service) in [
+        (order_server, "order-service"),
+        (charge_server, "payment-service"),
+    ] {
+        let store = in_trace
+            .iter()
+            .find(|s| s.attribute("db.system.name").is_some() && under(s, server))
+            .unwrap_or_else(|| panic!("no store span under {}", server.span.name));
+        assert_eq!(store.span.kind, SpanKind::Client as i32);
+        assert_eq!(store.service, service);
+        assert_eq!(store.attribute("db.system.name").as_deref(), Some("redb"));
+        assert!(store.attribute("db.operation.name").is_some());
+        assert!(store.attribute("db.collection.name").is_some());
+    }
+    // None of tracing's bookkeeping attributes.
+    for s in &in_trace {
+        for noise in [
+            "busy_ns",
+            "idle_ns",
+            "thread.id",
+            "thread.name",
+            "code.filepath",
+        ] {
+            assert!(
+                s.attribute(noise).is_none(),
+                "{} carries {noise}",
+                s.span.name
+            );
+        }
+    }
     assert_eq!(
         charge_server.attribute("rpc.system").as_deref(),
         Some("grpc")

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ordermesh_tests::http::{Api, request};
 use ordermesh_tests::ordermesh_binary;
 use ordermesh_tests::python_tool;
+use ordermesh_tests::up_process::UpProcess;
 
 const EXAMPLES_PER_OPERATION: &str = "25";
 const BOUND: Duration = Duration::from_secs(600);
@@ -69,62 +70,29 @@ fn schemathesis(gateway: &str, token: &str, report: &std::path::Path) -> (bool, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-    let binary = ordermesh_binary!();
-    let mut up = tokio::process::Command::new(binary.path())
-        .args(["up", "--http-port", "0", "--base-port", "0", "--data-dir"])
-        .arg(&data)
-        // The fuzzer is one client sending thousands of requests: it tests the API, not the
-        // limiter (the limits have tests of their own).
-        .env("ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE", "1000000")
-        .env("ORDERMESH_ADDRESS_RATE_LIMIT_BURST", "100000")
-        .env("ORDERMESH_RATE_LIMIT_PER_MINUTE", "1000000")
-        .env("ORDERMESH_RATE_LIMIT_BURST", "100000")
-        .env("ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE", "1000000")
-        .env("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", "100000")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ordermesh up");
-    let mesh_json = data.join("mesh.json");
-    let mut gateway = None;
-    for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&mesh_json)
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && let Some(g) = v["gateway"].as_str()
-        {
-            gateway = Some(g.to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let gateway = gateway.expect("ordermesh up wrote mesh.json within 60 s");
-    let addr: std::net::SocketAddr = gateway.trim_start_matches("http://").parse().unwrap();
-    for _ in 0..100 {
-        if request(addr, "GET", "/readyz", &[], b"").await.status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The fuzzer is one client sending thousands of requests: it tests the API, not the
+    // limiter (the limits have tests of their own).
+    let unlimited = [
+        ("ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE", "1000000"),
+        ("ORDERMESH_ADDRESS_RATE_LIMIT_BURST", "100000"),
+        ("ORDERMESH_RATE_LIMIT_PER_MINUTE", "1000000"),
+        ("ORDERMESH_RATE_LIMIT_BURST", "100000"),
+        ("ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE", "1000000"),
+        ("ORDERMESH_ACCOUNT_RATE_LIMIT_BURST", "100000"),
+    ];
+    let mut up = UpProcess::start(&ordermesh_binary!(), &unlimited).await;
+    let addr = up.gateway;
+    let gateway = format!("http://{addr}");
     let anonymous = Api { addr, token: None };
     let shopper = anonymous.new_user("fuzz@example.com").await;
-    let admin_file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("admin.json")).unwrap()).unwrap();
-    let admin = anonymous
-        .login(
-            admin_file["email"].as_str().unwrap(),
-            admin_file["password"].as_str().unwrap(),
-        )
-        .await;
+    let (email, password) = up.admin();
+    let admin = anonymous.login(&email, &password).await;
+    let dir = up.dir().to_path_buf();
 
     // The document itself is valid OpenAPI 3.1 (what generators load).
     let document = request(addr, "GET", "/openapi.json", &[], b"").await;
     assert_eq!(document.status, 200);
-    let document_path = dir.path().join("openapi.json");
+    let document_path = dir.join("openapi.json");
     std::fs::write(&document_path, &document.body).unwrap();
     let validator = python_tool("openapi-spec-validator");
     let validated = Command::new(&validator)
@@ -141,7 +109,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let mut failed = Vec::new();
     for (who, api) in [("shopper", &shopper), ("admin", &admin)] {
         let token = api.token.clone().unwrap();
-        let report = dir.path().join(format!("schemathesis-{who}.txt"));
+        let report = dir.join(format!("schemathesis-{who}.txt"));
         let gw = gateway.clone();
         let (ok, text) = tokio::task::spawn_blocking(move || schemathesis(&gw, &token, &report))
             .await
@@ -158,21 +126,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
             failed.push(format!("as {who}:\n{text}"));
         }
     }
-    assert!(terminate_up(&mut up).await, "ordermesh up stops on SIGTERM");
+    assert!(up.stop().await, "ordermesh up stops on SIGTERM");
     assert!(
         failed.is_empty(),
         "schemathesis failed\n{}",
         failed.join("\n")
     );
-}
-
-async fn terminate_up(up: &mut tokio::process::Child) -> bool {
-    let Some(pid) = up.id() else { return true };
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    tokio::time::timeout(Duration::from_secs(30), up.wait())
-        .await
-        .is_ok()
 }

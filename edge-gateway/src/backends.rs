@@ -438,7 +438,8 @@ mod tests {
             panic!("open after a failed trial");
         };
         assert_eq!(trips, 3);
-        assert!(until > Instant::now() + COOL_DOWN * 3);
+        assert!(until > Instant::now() + COOL_DOWN * 2);
+        assert_eq!(cool_down(2), COOL_DOWN * 2);
         assert_eq!(cool_down(30), MAX_COOL_DOWN);
         b.record(true);
         assert_eq!(open(), 0);

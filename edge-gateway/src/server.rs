@@ -320,6 +320,7 @@ impl Gateway {
                 "this endpoint is for administrators",
             ));
         }
+        tracing::Span::current().record("enduser.id", claims.sub.as_str());
         Ok(Some(claims))
     }
 
@@ -651,6 +652,7 @@ async fn handle(
         "http.server",
         otel.name = %format!("{method} {template}"),
         otel.kind = "server",
+        "ordermesh.role" = ordermesh_platform::identity::workloads::GATEWAY,
         otel.status_code = Empty,
         http.request.method = %method,
         http.route = %template,
@@ -658,6 +660,7 @@ async fn handle(
         http.response.status_code = Empty,
         request_id = %request_id,
         trace_id = Empty,
+        "enduser.id" = Empty,
     );
     let _ = span.set_parent(telemetry::extract_context(req.headers()));
     span.record("trace_id", telemetry::trace_id_of(&span).as_str());
@@ -675,6 +678,18 @@ async fn handle(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
+    // The access log: one line per request, inside its span (so it carries the request id,
+    // trace id and user); never a token or a body.
+    span.in_scope(|| {
+        tracing::info!(
+            target: "access",
+            method = %method,
+            route = %template,
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }

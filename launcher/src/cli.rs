@@ -172,7 +172,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let telemetry = telemetry::init("ordermesh", LogFormat::Text)?;
+                // Every role under its own service name in traces; JSON log lines (with the
+                // request and trace ids) unless a person is watching the terminal.
+                let format = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    LogFormat::Text
+                } else {
+                    LogFormat::Json
+                };
+                let roles = [
+                    workloads::GATEWAY,
+                    workloads::USER,
+                    workloads::ORDER,
+                    workloads::PAYMENT,
+                    workloads::AUDIT,
+                ];
+                let telemetry = telemetry::init_roles("ordermesh", &roles, format)?;
                 let shutdown = Shutdown::new();
                 shutdown.on_signal();
                 let result = crate::up::up(

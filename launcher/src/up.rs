@@ -71,6 +71,11 @@ pub struct MeshInfo {
     /// The gateway's admin endpoints (`/metrics`, `/health/backends`).
     pub gateway_admin: String,
     pub services: std::collections::BTreeMap<String, String>,
+    /// Every role's Prometheus endpoint, by workload.
+    pub metrics: std::collections::BTreeMap<String, String>,
+    /// Every role's health check, by workload: the gateway's `/readyz`, and the services'
+    /// `grpc.health.v1` on their gRPC port.
+    pub health: std::collections::BTreeMap<String, String>,
     pub tls: TlsInfo,
 }
 
@@ -203,6 +208,8 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         gateway: String::new(),
         gateway_admin: String::new(),
         services: Default::default(),
+        metrics: Default::default(),
+        health: Default::default(),
         tls: {
             let op = cert_dir.files_for(workloads::OPERATOR);
             TlsInfo {
@@ -266,6 +273,15 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
+        let workload = service.role.workload().to_string();
+        if let Some(addr) = service.metrics_addr {
+            info.metrics
+                .insert(workload.clone(), format!("http://{addr}/metrics"));
+        }
+        info.health.insert(
+            workload,
+            format!("grpc://{} (grpc.health.v1)", service.grpc_addr),
+        );
         tasks.spawn(service.serve(shutdown.clone()));
     }
 
@@ -304,6 +320,14 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
     }
     info.gateway = format!("http://{gateway_addr}");
     info.gateway_admin = format!("http://{admin_addr}");
+    info.metrics.insert(
+        workloads::GATEWAY.to_string(),
+        format!("http://{admin_addr}/metrics"),
+    );
+    info.health.insert(
+        workloads::GATEWAY.to_string(),
+        format!("http://{gateway_addr}/readyz"),
+    );
     println!(
         "{:<16} http://{gateway_addr}  admin http://{admin_addr}/metrics",
         workloads::GATEWAY

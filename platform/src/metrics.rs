@@ -44,6 +44,7 @@ pub struct Metrics {
     /// `process_*`, without the `ordermesh_` prefix.
     process: Registry,
     build_info: Family<BuildLabels, Gauge>,
+    role: std::sync::OnceLock<String>,
     pub server_requests: Family<RpcLabels, Counter>,
     pub server_duration: Family<RpcMethodLabels, Histogram, fn() -> Histogram>,
     pub client_requests: Family<RpcLabels, Counter>,
@@ -102,6 +103,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             process,
             build_info,
+            role: std::sync::OnceLock::new(),
             server_requests,
             server_duration,
             client_requests,
@@ -121,12 +123,18 @@ impl Metrics {
     /// Names the role this process (or, under `up`, this registry) serves, as
     /// `ordermesh_build_info{version, role} 1`.
     pub fn set_role(&self, role: &str) {
+        let _ = self.role.set(role.to_string());
         self.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 role: role.to_string(),
             })
             .set(1);
+    }
+
+    /// The role named by [`Metrics::set_role`], if any.
+    pub fn role(&self) -> Option<&str> {
+        self.role.get().map(String::as_str)
     }
 
     /// The Prometheus text exposition of every registered metric, the process's own

@@ -166,6 +166,7 @@ impl Outbox {
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
         let relay = Relay {
+            source: self.source.clone(),
             leases: Leases::new(table.clone(), Leases::replica_owner(&self.source)),
             table,
             audit,
@@ -215,6 +216,8 @@ pub async fn pending_count(table: &Table) -> Result<usize, StoreError> {
 }
 
 struct Relay {
+    /// The producing workload (the delivery spans' role).
+    source: String,
     leases: Leases,
     table: Table,
     audit: AuditServiceClient<MeshChannel>,
@@ -378,15 +381,24 @@ impl Relay {
 
     /// Delivers one page of events, then deletes them; returns how many it delivered.
     async fn deliver_batch(&mut self, page: &crate::store::Page) -> Result<usize, RelayError> {
+        use opentelemetry::trace::TraceContextExt as _;
         let mut events = Vec::with_capacity(page.items.len());
-        let mut parent = None;
+        // The trace each event was produced in: the first is the delivery's parent, every
+        // other one a link, so each producing trace leads to its delivery.
+        let mut origins: Vec<opentelemetry::trace::SpanContext> = Vec::new();
         for item in &page.items {
             let entry = OutboxEntry::decode(item.data.as_ref())?;
-            if parent.is_none() && !entry.traceparent.is_empty() {
+            if !entry.traceparent.is_empty() {
                 let mut carrier = http::HeaderMap::new();
                 if let Ok(v) = entry.traceparent.parse() {
                     carrier.insert("traceparent", v);
-                    parent = Some(crate::telemetry::extract_context(&carrier));
+                    let cx = crate::telemetry::extract_context(&carrier);
+                    let origin = cx.span().span_context().clone();
+                    if origin.is_valid()
+                        && !origins.iter().any(|o| o.trace_id() == origin.trace_id())
+                    {
+                        origins.push(origin);
+                    }
                 }
             }
             if let Some(event) = entry.event {
@@ -396,10 +408,16 @@ impl Relay {
         let span = tracing::info_span!(
             "outbox.deliver",
             otel.name = "outbox deliver",
+            otel.kind = "producer",
+            "ordermesh.role" = %self.source,
             events = events.len()
         );
-        if let Some(cx) = parent {
-            let _ = span.set_parent(cx);
+        let mut origins = origins.into_iter();
+        if let Some(first) = origins.next() {
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(first));
+        }
+        for other in origins {
+            span.add_link(other);
         }
         async {
             let mut request = tonic::Request::new(AppendRequest { events });

@@ -160,10 +160,17 @@ where
                 otel.kind = "server",
                 otel.status_code = Empty,
                 rpc.system = "grpc",
+                "ordermesh.role" = self.metrics.role().unwrap_or_default(),
                 rpc.service = %service,
                 rpc.method = %method,
                 rpc.grpc.status_code = Empty,
                 trace_id = Empty,
+                // The gateway's request id, so a service's log lines name the request too.
+                request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default(),
             ),
             Side::Client => tracing::info_span!(
                 "grpc.client",
@@ -171,6 +178,7 @@ where
                 otel.kind = "client",
                 otel.status_code = Empty,
                 rpc.system = "grpc",
+                "ordermesh.role" = self.metrics.role().unwrap_or_default(),
                 rpc.service = %service,
                 rpc.method = %method,
                 rpc.grpc.status_code = Empty,

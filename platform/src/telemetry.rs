@@ -50,6 +50,23 @@ pub enum LogFormat {
 /// Installs the global subscriber, propagator and tracer provider. Must run inside a Tokio
 /// runtime (the OTLP exporter needs one).
 pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    init_roles(service_name, &[], format)
+}
+
+fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+
+/// Like [`init`], for one process running several `roles` (`ordermesh up`): each role's spans
+/// are exported under its own `service.name` (see [`crate::role_spans`]).
+pub fn init_roles(
+    service_name: &str,
+    roles: &[&str],
+    format: LogFormat,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let mut resource = Resource::builder();
@@ -61,12 +78,18 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
         .is_ok_and(|v| !v.trim().is_empty())
         && std::env::var("OTEL_TRACES_EXPORTER").map_or(true, |v| v != "none");
-    if otlp_enabled {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        builder = builder.with_batch_exporter(exporter);
+    if otlp_enabled && roles.is_empty() {
+        builder = builder.with_batch_exporter(otlp_exporter()?);
+    } else if otlp_enabled {
+        let batch = |e| opentelemetry_sdk::trace::BatchSpanProcessor::builder(e).build();
+        let mut by_role = std::collections::HashMap::new();
+        for role in roles {
+            by_role.insert(role.to_string(), batch(otlp_exporter()?));
+        }
+        builder = builder.with_span_processor(crate::role_spans::RoleRouting::new(
+            by_role,
+            batch(otlp_exporter()?),
+        ));
     }
     // Without an exporter the provider still mints real trace ids, so logs and
     // propagation work the same with and without a collector.
@@ -80,8 +103,10 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            // Every span of the line's context, so a line written deep in a call still
+            // carries the request id and trace id of the request it serves.
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_target(true)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()

@@ -10,6 +10,7 @@ pub mod moto;
 pub mod otlp;
 pub mod process;
 pub mod stores;
+pub mod up_process;
 
 use std::path::PathBuf;
 

@@ -74,7 +74,12 @@ pub(super) async fn call<T>(
     operation: &'static str,
     op: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let span = tracing::info_span!(
+    // Only as a child: a background poll that finds nothing (an idle outbox relay, the
+    // re-driver) is not a trace of its own.
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
         "db.client",
         otel.name = %format!("{operation} {table}"),
         otel.kind = "client",
@@ -83,7 +88,8 @@ pub(super) async fn call<T>(
         db.operation.name = operation,
         db.collection.name = %table,
         "error.type" = Empty,
-    );
+        )
+    };
     let started = Instant::now();
     let result = op.instrument(span.clone()).await;
     let labels = StoreLabels {
