@@ -132,13 +132,7 @@ impl Outbox {
 
     /// The write that stores `event` in the outbox; put it in the same batch as the change.
     pub fn write(&self, event: AuditEvent) -> Write {
-        let mut carrier = http::HeaderMap::new();
-        crate::telemetry::inject_span(&tracing::Span::current(), &mut carrier);
-        let traceparent = carrier
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let traceparent = crate::telemetry::current_traceparent();
         // Time-ordered keys keep delivery roughly in production order within a partition.
         let sk = event.id.clone();
         let pk = partition(partition_index(&sk));
@@ -388,18 +382,10 @@ impl Relay {
         let mut origins: Vec<opentelemetry::trace::SpanContext> = Vec::new();
         for item in &page.items {
             let entry = OutboxEntry::decode(item.data.as_ref())?;
-            if !entry.traceparent.is_empty() {
-                let mut carrier = http::HeaderMap::new();
-                if let Ok(v) = entry.traceparent.parse() {
-                    carrier.insert("traceparent", v);
-                    let cx = crate::telemetry::extract_context(&carrier);
-                    let origin = cx.span().span_context().clone();
-                    if origin.is_valid()
-                        && !origins.iter().any(|o| o.trace_id() == origin.trace_id())
-                    {
-                        origins.push(origin);
-                    }
-                }
+            if let Some(origin) = crate::telemetry::span_context_of(&entry.traceparent)
+                && !origins.iter().any(|o| o.trace_id() == origin.trace_id())
+            {
+                origins.push(origin);
             }
             if let Some(event) = entry.event {
                 events.push(event);

@@ -181,6 +181,36 @@ pub fn inject_span(span: &tracing::Span, headers: &mut http::HeaderMap) {
     });
 }
 
+/// The W3C `traceparent` of the current span (empty when there is none), to store with work
+/// that another task or replica finishes later.
+pub fn current_traceparent() -> String {
+    let mut carrier = http::HeaderMap::new();
+    inject_span(&tracing::Span::current(), &mut carrier);
+    carrier
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The span context a stored `traceparent` names, if it is valid.
+pub fn span_context_of(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::TraceContextExt;
+    let mut carrier = http::HeaderMap::new();
+    carrier.insert("traceparent", traceparent.parse().ok()?);
+    let cx = extract_context(&carrier);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Links `span` to the trace a stored `traceparent` names (nothing when it names none).
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if let Some(origin) = span_context_of(traceparent) {
+        span.add_link(origin);
+    }
+}
+
 /// The trace id of `span` as 32 hex digits (all zeros when tracing is off).
 pub fn trace_id_of(span: &tracing::Span) -> String {
     use opentelemetry::trace::TraceContextExt;

@@ -206,22 +206,28 @@ pub struct PendingWork {
     /// When the work was recorded (unix milliseconds); `None` for items written before the
     /// time was kept, which count as old.
     pub since_ms: Option<u64>,
+    /// The `traceparent` of the request that recorded it, so finishing it later links back.
+    pub origin: String,
 }
 
 impl PendingWork {
-    /// The marker item's payload: when the work was recorded.
-    pub fn payload(now_ms: u64) -> Vec<u8> {
-        now_ms.to_string().into_bytes()
+    /// The marker item's payload: when the work was recorded, and in which trace.
+    pub fn payload(now_ms: u64, traceparent: &str) -> Vec<u8> {
+        format!("{now_ms} {traceparent}")
+            .trim_end()
+            .as_bytes()
+            .to_vec()
     }
 
     fn from_item(item: &Item) -> Option<Self> {
         let (kind, id) = item.sk.split_once('#')?;
+        let text = std::str::from_utf8(&item.data).unwrap_or_default();
+        let mut parts = text.split_whitespace();
         Some(Self {
             kind: kind.to_string(),
             order_id: id.to_string(),
-            since_ms: std::str::from_utf8(&item.data)
-                .ok()
-                .and_then(|s| s.parse().ok()),
+            since_ms: parts.next().and_then(|s| s.parse().ok()),
+            origin: parts.next().unwrap_or_default().to_string(),
         })
     }
 
@@ -229,5 +235,42 @@ impl PendingWork {
     pub fn older_than(&self, age: std::time::Duration, now_ms: u64) -> bool {
         self.since_ms
             .is_none_or(|since| now_ms.saturating_sub(since) >= age.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_work_keeps_its_time_and_origin_and_reads_older_markers() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let item = Item {
+            pk: PENDING.into(),
+            sk: "pay#o-1".into(),
+            data: PendingWork::payload(1_000, tp).into(),
+            version: 1,
+            index: None,
+            expires_at: None,
+        };
+        let work = PendingWork::from_item(&item).unwrap();
+        assert_eq!(
+            (
+                work.kind.as_str(),
+                work.order_id.as_str(),
+                work.since_ms,
+                work.origin.as_str()
+            ),
+            ("pay", "o-1", Some(1_000), tp)
+        );
+        // Markers written before the origin was kept: the time alone.
+        let old = Item {
+            data: bytes::Bytes::from_static(b"2000"),
+            ..item.clone()
+        };
+        let work = PendingWork::from_item(&old).unwrap();
+        assert_eq!((work.since_ms, work.origin.as_str()), (Some(2_000), ""));
+        // Outside any trace: no origin.
+        assert_eq!(PendingWork::payload(5, ""), b"5".to_vec());
     }
 }

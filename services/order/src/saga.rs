@@ -28,7 +28,9 @@ use ordermesh_platform::money::{MAX_AMOUNT_MINOR, money};
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::{Attempts, Condition, NewItem, StoreError, Write};
+use ordermesh_platform::telemetry;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::orders::{OrderError, OrderRecord, Orders, PENDING, PendingWork, key_pk, state_name};
@@ -83,7 +85,7 @@ fn pending_write(kind: &str, id: &str) -> Write {
         NewItem::new(
             PENDING,
             format!("{kind}#{id}"),
-            PendingWork::payload(now_ms()),
+            PendingWork::payload(now_ms(), &telemetry::current_traceparent()),
         ),
         Condition::NotExists,
     )
@@ -147,15 +149,27 @@ impl OrderSaga {
         let Some(claim) = self.leases.try_claim(&name, self.redrive_lease()).await? else {
             return Ok(false);
         };
-        let outcome = match work.kind.as_str() {
-            "pay" => self.settle_charge(&work.order_id).await.map(|_| ()),
-            "refund" => self.settle_refund(&work.order_id).await,
-            _ => Ok(()),
-        };
+        // Its own trace, linked to the request that left the work unfinished.
+        let span = tracing::info_span!(
+            "saga.redrive",
+            otel.name = %format!("redrive {}", work.kind),
+            "ordermesh.role" = ordermesh_platform::identity::workloads::ORDER,
+            order = %work.order_id,
+        );
+        telemetry::link_to(&span, &work.origin);
+        let outcome = self.finish(work).instrument(span).await;
         if let Err(e) = self.leases.release(claim).await {
             tracing::debug!(order = %work.order_id, error = %e, "re-drive lease not released; it will expire");
         }
         outcome.map(|()| true)
+    }
+
+    async fn finish(&self, work: &PendingWork) -> Result<(), OrderError> {
+        match work.kind.as_str() {
+            "pay" => self.settle_charge(&work.order_id).await.map(|_| ()),
+            "refund" => self.settle_refund(&work.order_id).await,
+            _ => Ok(()),
+        }
     }
 
     fn event(&self, order: &Order, actor: &str, action: &str) -> Write {
