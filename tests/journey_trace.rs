@@ -218,6 +218,20 @@ async fn an_order_placement_is_one_trace_across_every_hop() {
     ] {
         assert_eq!(span.service, service, "{}", span.span.name);
     }
+    // The tree, as Jaeger would draw it (printed for the record).
+    fn print_tree(spans: &[&ReceivedSpan], at: &ReceivedSpan, depth: usize) {
+        eprintln!("{}{} [{}]", "  ".repeat(depth), at.span.name, at.service);
+        let mut children: Vec<&&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.span.parent_span_id == at.span.span_id)
+            .collect();
+        children.sort_by_key(|s| s.span.start_time_unix_nano);
+        for c in children {
+            print_tree(spans, c, depth + 1);
+        }
+    }
+    let whole: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.trace_id == trace).collect();
+    print_tree(&whole, http, 0);
     // One root, no orphans.
     let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.trace_id == trace).collect();
     let roots: Vec<&str> = in_trace

@@ -16,7 +16,7 @@ mod wrk;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -228,6 +228,9 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let all: Vec<&Proc> = std::iter::once(&hello)
         .chain(mesh.processes.iter())
         .collect();
+    let gateway_proc = mesh
+        .by_name(workloads::GATEWAY)
+        .context("gateway process")?;
     let reset = || all.iter().for_each(|p| p.reset_peak());
     let peaks = || {
         all.iter()
@@ -258,7 +261,10 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
             println!("({id}) {what}, {c} clients{pacing}");
             f(WARM_UP)?;
             reset();
+            let cpu_before = gateway_proc.cpu_seconds();
             let m = f(settings.duration)?;
+            let cpu = gateway_proc.cpu_seconds() - cpu_before;
+            let gateway_cpu_us = matches!(id, 3 | 4).then(|| cpu * 1e6 / m.requests.max(1) as f64);
             println!(
                 "    {:.0} req/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
                 m.per_second(),
@@ -274,6 +280,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 think,
                 measured: m,
                 peak_rss_kib: peaks(),
+                gateway_cpu_us,
             });
             Ok(())
         };
@@ -352,6 +359,14 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
     }
 
     report.hop_rounds = hop_rounds;
+    let last = *settings.concurrency.last().unwrap_or(&64);
+    report.revocation = Some(revocation_cost(
+        report
+            .rows
+            .iter()
+            .find(|r| r.id == 3 && r.think.is_none() && r.concurrency == last)
+            .and_then(|r| r.gateway_cpu_us),
+    ));
     println!(
         "(5) gateway holding {} idle keep-alive connections",
         settings.idle
@@ -390,4 +405,68 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
     drop(hello);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// The revocation check's cost per request, timed here against a list far larger than a
+/// gateway normally holds (every session ended in the last hour of a busy shop).
+fn revocation_cost(read_cpu_us: Option<f64>) -> report::RevocationCost {
+    use ordermesh_contracts::user::{Revocation, revocation::Kind};
+    use ordermesh_edge_gateway::revocations::RevocationList;
+    use ordermesh_platform::jwt::AccessClaims;
+    const SESSIONS: usize = 10_000;
+    const USERS: usize = 1_000;
+    let now = std::time::SystemTime::now();
+    let at = Some(prost_types::Timestamp::from(now));
+    let list = RevocationList::default();
+    let mut page: Vec<Revocation> = (0..SESSIONS)
+        .map(|i| Revocation {
+            kind: Kind::Session as i32,
+            subject: format!("session-{i}"),
+            time: at,
+        })
+        .collect();
+    page.extend((0..USERS).map(|i| Revocation {
+        kind: Kind::User as i32,
+        subject: format!("user-{i}"),
+        time: Some(prost_types::Timestamp::from(
+            now - Duration::from_secs(3600),
+        )),
+    }));
+    list.apply(&page, "bench".into());
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // A user with a not-before time (the slower path: the token's issue time is read from
+    // its UUIDv7 id), in a session that was not ended.
+    let claims = AccessClaims {
+        iss: "bench".into(),
+        aud: "bench".into(),
+        sub: "user-7".into(),
+        exp: secs + 900,
+        iat: secs,
+        nbf: secs,
+        jti: "0196e0a1-7c3b-7d2e-9a41-6f0c2b8e5d13".into(),
+        roles: vec!["user".into()],
+        sid: "session-live".into(),
+    };
+    const CHECKS: u32 = 1_000_000;
+    let started = Instant::now();
+    let mut refused = 0u32;
+    for _ in 0..CHECKS {
+        refused += u32::from(
+            std::hint::black_box(&list)
+                .refuses(std::hint::black_box(&claims))
+                .is_some(),
+        );
+    }
+    let check_ns = started.elapsed().as_nanos() as f64 / f64::from(CHECKS);
+    println!(
+        "revocation check: {check_ns:.0} ns per check ({refused} of {CHECKS} refused), against {SESSIONS} sessions and {USERS} users"
+    );
+    report::RevocationCost {
+        sessions: SESSIONS,
+        users: USERS,
+        check_ns,
+        read_cpu_us,
+    }
 }

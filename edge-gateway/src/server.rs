@@ -324,15 +324,16 @@ impl Gateway {
         Ok(Some(claims))
     }
 
+    /// Serves one request whose route `handle` resolved (once) as `resolved`.
     async fn dispatch(
         &self,
         req: Request<Body>,
         peer: SocketAddr,
         request_id: &str,
+        resolved: Resolved<'_>,
     ) -> Result<Response, Problem> {
         let (parts, body) = req.into_parts();
-        let path = parts.uri.path().to_string();
-        let resolved = routes::resolve(&self.routes, &parts.method, &path);
+        let path = parts.uri.path();
         // Every request draws on its sender's address first, whatever it then turns out to
         // be (a bad token, a refused admin call, an unknown route), so none of them is free.
         let client = self.config.trusted_proxies.client_ip(peer, &parts.headers);
@@ -643,7 +644,8 @@ async fn handle(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let template = match routes::resolve(&gw.routes, &method, &path) {
+    let resolved = routes::resolve(&gw.routes, &method, &path);
+    let template = match &resolved {
         Resolved::Found(r, _) => r.template.clone(),
         _ if path == crate::overview::PATH => path.clone(),
         _ => "unmatched".to_string(),
@@ -666,7 +668,7 @@ async fn handle(
     span.record("trace_id", telemetry::trace_id_of(&span).as_str());
 
     let mut res = match gw
-        .dispatch(req, peer, &request_id)
+        .dispatch(req, peer, &request_id, resolved)
         .instrument(span.clone())
         .await
     {

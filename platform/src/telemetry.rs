@@ -23,6 +23,8 @@ pub enum TelemetryError {
 /// Flushes and shuts the tracer provider down when dropped (end of `main`).
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    /// Flushes the log writer's queue when dropped.
+    _logs: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl TelemetryGuard {
@@ -100,8 +102,13 @@ pub fn init_roles(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,aws_smithy_runtime=warn,aws_config=warn")
     });
+    // Log lines (an access line per request among them) are written by a thread of their own,
+    // so a slow stdout never holds a request; when its queue is full, lines are dropped
+    // rather than requests delayed.
+    let (writer, logs) = tracing_appender::non_blocking(std::io::stdout());
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             // Every span of the line's context, so a line written deep in a call still
             // carries the request id and trace id of the request it serves.
@@ -110,6 +117,7 @@ pub fn init_roles(
             .with_target(true)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .boxed(),
@@ -131,7 +139,10 @@ pub fn init_roles(
     if otlp_enabled {
         tracing::info!("exporting traces over OTLP");
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        _logs: logs,
+    })
 }
 
 /// Reads W3C trace context from HTTP/gRPC headers. Binary (`-bin`) metadata is skipped.
