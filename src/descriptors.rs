@@ -102,20 +102,32 @@ pub fn methods() -> &'static [MethodInfo] {
     })
 }
 
-/// The input constraints declared on a field (`(ordermesh.options.v1.field)`), if any.
-pub fn field_rules(field: &prost_reflect::FieldDescriptor) -> Option<FieldRules> {
-    static EXT: OnceLock<Option<prost_reflect::ExtensionDescriptor>> = OnceLock::new();
-    let ext = EXT
-        .get_or_init(|| pool().get_extension_by_name("ordermesh.options.v1.field"))
-        .as_ref()?;
-    let options = field.options();
-    if !options.has_extension(ext) {
-        return None;
-    }
-    options
-        .get_extension(ext)
-        .as_message()
-        .and_then(|m| m.transcode_to::<FieldRules>().ok())
+/// The input constraints declared on a field (`(ordermesh.options.v1.field)`), if any. Read
+/// from the descriptors once: every request's validation asks.
+pub fn field_rules(field: &prost_reflect::FieldDescriptor) -> Option<&'static FieldRules> {
+    static RULES: OnceLock<std::collections::HashMap<String, FieldRules>> = OnceLock::new();
+    RULES
+        .get_or_init(|| {
+            let Some(ext) = pool().get_extension_by_name("ordermesh.options.v1.field") else {
+                return Default::default();
+            };
+            pool()
+                .all_messages()
+                .flat_map(|m| m.fields().collect::<Vec<_>>())
+                .filter_map(|f| {
+                    let options = f.options();
+                    if !options.has_extension(&ext) {
+                        return None;
+                    }
+                    let rules = options
+                        .get_extension(&ext)
+                        .as_message()
+                        .and_then(|m| m.transcode_to::<FieldRules>().ok())?;
+                    Some((f.full_name().to_string(), rules))
+                })
+                .collect()
+        })
+        .get(field.full_name())
 }
 
 /// The RPC served at a gRPC path, if any.

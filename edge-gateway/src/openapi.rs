@@ -147,7 +147,7 @@ fn field_schema(field: &FieldDescriptor, refs: &mut Vec<MessageDescriptor>) -> V
     } else if item.get("$ref").is_some() {
         item
     } else {
-        with_rules(item, rules.as_ref())
+        with_rules(item, rules)
     }
 }
 

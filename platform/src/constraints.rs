@@ -43,7 +43,7 @@ fn walk(message: &DynamicMessage, prefix: &str, v: &mut Violations) {
         let path = format!("{prefix}{}", field.name());
         let value = message.get_field(&field);
         if let Some(rules) = descriptors::field_rules(&field) {
-            apply(&rules, &field, &value, message.has_field(&field), &path, v);
+            apply(rules, &field, &value, message.has_field(&field), &path, v);
         }
         let Kind::Message(m) = field.kind() else {
             continue;
