@@ -36,14 +36,8 @@ async fn an_order_placement_is_one_trace_across_every_hop() {
         );
     }
     // As `ordermesh up` does: one process, each role its own service in the trace backend.
-    let roles = [
-        workloads::GATEWAY,
-        workloads::USER,
-        workloads::ORDER,
-        workloads::PAYMENT,
-        workloads::AUDIT,
-    ];
-    let guard = telemetry::init_roles("ordermesh", &roles, LogFormat::Text).expect("telemetry");
+    let guard =
+        telemetry::init_roles("ordermesh", workloads::ROLES, LogFormat::Text).expect("telemetry");
     let mesh = LocalMesh::start().await;
     let api = Api {
         addr: mesh.gateway,

@@ -179,14 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     LogFormat::Json
                 };
-                let roles = [
-                    workloads::GATEWAY,
-                    workloads::USER,
-                    workloads::ORDER,
-                    workloads::PAYMENT,
-                    workloads::AUDIT,
-                ];
-                let telemetry = telemetry::init_roles("ordermesh", &roles, format)?;
+                let telemetry = telemetry::init_roles("ordermesh", workloads::ROLES, format)?;
                 let shutdown = Shutdown::new();
                 shutdown.on_signal();
                 let result = crate::up::up(

@@ -22,6 +22,8 @@ pub mod workloads {
     pub const OPERATOR_ADMIN: &str = "operator-admin";
     /// Every identity issued by default.
     pub const ALL: &[&str] = &[USER, ORDER, PAYMENT, AUDIT, GATEWAY, OPERATOR];
+    /// The workloads that serve: one per role `ordermesh up` runs.
+    pub const ROLES: &[&str] = &[GATEWAY, USER, ORDER, PAYMENT, AUDIT];
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

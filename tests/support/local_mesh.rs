@@ -37,17 +37,7 @@ impl LocalMesh {
             },
             shutdown.clone(),
         ));
-        let mesh_path = data_dir.join("mesh.json");
-        let mut mesh_json = serde_json::Value::Null;
-        for _ in 0..300 {
-            if let Ok(text) = std::fs::read_to_string(&mesh_path)
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            {
-                mesh_json = v;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mesh_json = wait_for_mesh_json(&data_dir, Duration::from_secs(15)).await;
         let gateway: SocketAddr = mesh_json["gateway"]
             .as_str()
             .and_then(|g| g.strip_prefix("http://"))
@@ -102,4 +92,19 @@ impl LocalMesh {
             "mesh.json is removed on shutdown"
         );
     }
+}
+
+/// The `mesh.json` that `up` writes into `data_dir` once every role is bound, waited for up to
+/// `within` (`Null` if it never came).
+pub async fn wait_for_mesh_json(data_dir: &std::path::Path, within: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(data_dir.join("mesh.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serde_json::Value::Null
 }

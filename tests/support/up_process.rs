@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::http::request;
+use crate::local_mesh::wait_for_mesh_json;
 use crate::process::OrdermeshBinary;
 
 pub struct UpProcess {
@@ -37,16 +38,7 @@ impl UpProcess {
             command.env(k, v);
         }
         let child = command.spawn().expect("start ordermesh up");
-        let mut mesh_json = serde_json::Value::Null;
-        for _ in 0..600 {
-            if let Ok(text) = std::fs::read_to_string(data_dir.join("mesh.json"))
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            {
-                mesh_json = v;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mesh_json = wait_for_mesh_json(&data_dir, Duration::from_secs(60)).await;
         let gateway: SocketAddr = mesh_json["gateway"]
             .as_str()
             .and_then(|g| g.strip_prefix("http://"))
