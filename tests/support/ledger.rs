@@ -13,6 +13,30 @@ use ordermesh_platform::client::MeshChannel;
 
 use crate::mesh::as_user;
 
+/// A read by the checker itself, tried again (up to 5 s) when the connection under it broke:
+/// replicas were killed and restarted during the scenario, and a connection the checker's
+/// channel held to one of them can fail once before the channel moves on. Answers from a
+/// service are never retried.
+async fn read<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    use std::error::Error as _;
+    let mut last = None;
+    for _ in 0..50 {
+        match call().await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable || s.source().is_some() => {
+                last = Some(s);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+    panic!("{what}: {last:?}")
+}
+
 pub async fn all_transactions(
     wallets: &PaymentServiceClient<MeshChannel>,
     user: &str,
@@ -20,19 +44,19 @@ pub async fn all_transactions(
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
-        let page = wallets
-            .clone()
-            .list_transactions(as_user(
+        let page = read("list transactions", || {
+            let mut client = wallets.clone();
+            let request = as_user(
                 ListTransactionsRequest {
                     page_size: 500,
                     page_token: token.clone(),
                     ..Default::default()
                 },
                 user,
-            ))
-            .await
-            .expect("list transactions")
-            .into_inner();
+            );
+            async move { client.list_transactions(request).await }
+        })
+        .await;
         out.extend(page.transactions);
         if page.next_page_token.is_empty() {
             return out;
@@ -42,16 +66,16 @@ pub async fn all_transactions(
 }
 
 pub async fn balance(wallets: &PaymentServiceClient<MeshChannel>, user: &str) -> i64 {
-    wallets
-        .clone()
-        .get_wallet(as_user(GetWalletRequest::default(), user))
-        .await
-        .expect("wallet")
-        .into_inner()
-        .balances
-        .iter()
-        .find(|b| b.currency == "EUR")
-        .map_or(0, |b| b.amount_minor)
+    read("wallet", || {
+        let mut client = wallets.clone();
+        let request = as_user(GetWalletRequest::default(), user);
+        async move { client.get_wallet(request).await }
+    })
+    .await
+    .balances
+    .iter()
+    .find(|b| b.currency == "EUR")
+    .map_or(0, |b| b.amount_minor)
 }
 
 /// Checks one user's books against the orders they placed (in their final state).
