@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use prost_reflect::{Kind, MessageDescriptor};
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -184,6 +184,12 @@ fn normalize_value(kind: &Kind, value: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The field `key` names in `desc`: its JSON name or its proto name, as proto3 JSON accepts.
+pub fn field_named(desc: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
+    desc.get_field_by_json_name(key)
+        .or_else(|| desc.get_field_by_name(key))
+}
+
 /// Prepares `value` (JSON for a `desc` message) for the proto3 JSON parser: a field given
 /// under both its JSON and its proto name is refused, and whole numbers in fraction or
 /// exponent form, wherever an integer field holds them, become plain decimal strings.
@@ -193,10 +199,7 @@ pub fn normalize(desc: &MessageDescriptor, value: &mut Value) -> Result<(), Stri
     };
     let mut seen = Vec::with_capacity(object.len());
     for (key, item) in object.iter_mut() {
-        let Some(field) = desc
-            .get_field_by_json_name(key)
-            .or_else(|| desc.get_field_by_name(key))
-        else {
+        let Some(field) = field_named(desc, key) else {
             continue;
         };
         if seen.contains(&field.number()) {

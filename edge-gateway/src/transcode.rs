@@ -38,9 +38,7 @@ fn field_path(desc: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescripto
     let mut current = desc.clone();
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let field = current
-            .get_field_by_json_name(part)
-            .or_else(|| current.get_field_by_name(part))?;
+        let field = proto_json::field_named(&current, part)?;
         if parts.peek().is_some() {
             match field.kind() {
                 Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
@@ -81,17 +79,9 @@ fn text_value(field: &FieldDescriptor, name: &str, raw: &str) -> Result<Value, T
                 .ok_or_else(|| bad("must be a number"))?,
         ),
         // A field mask in the query may name fields as in the proto or as in JSON.
-        Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask" => Value::String(
-            raw.split(',')
-                .map(|path| {
-                    path.split('.')
-                        .map(lower_camel)
-                        .collect::<Vec<_>>()
-                        .join(".")
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask" => {
+            Value::String(raw.split(',').map(camel_path).collect::<Vec<_>>().join(","))
+        }
         // proto3 JSON accepts integers as strings; the parser checks range and sign.
         _ => Value::String(raw.to_string()),
     })
@@ -246,6 +236,14 @@ fn lower_camel(name: &str) -> String {
     out
 }
 
+/// A field path in the FieldMask JSON form: `unit_price.amount_minor` → `unitPrice.amountMinor`.
+fn camel_path(path: &str) -> String {
+    path.split('.')
+        .map(lower_camel)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The field mask a PATCH implies when it names none: the fields present in its body, as
 /// grpc-gateway's `FieldMaskFromRequestBody` derives it, so a partial update never clears what
 /// it did not send. Nested messages contribute their own keys (`unit_price.currency`); a
@@ -293,10 +291,7 @@ fn collect_paths(
     out: &mut Vec<String>,
 ) {
     for (key, value) in object {
-        let Some(field) = desc
-            .get_field_by_json_name(key)
-            .or_else(|| desc.get_field_by_name(key))
-        else {
+        let Some(field) = proto_json::field_named(desc, key) else {
             // Unknown keys are refused by the parser, naming them.
             continue;
         };
@@ -312,12 +307,7 @@ fn collect_paths(
             {
                 collect_paths(&m, inner, &format!("{path}."), skip, out)
             }
-            _ => out.push(
-                path.split('.')
-                    .map(lower_camel)
-                    .collect::<Vec<_>>()
-                    .join("."),
-            ),
+            _ => out.push(camel_path(&path)),
         }
     }
 }

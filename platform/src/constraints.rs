@@ -276,11 +276,16 @@ where
             let (parts, body) = req.into_parts();
             let bytes = match Limited::new(body, MAX_MESSAGE + 5).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(_) => {
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     let status = Status::new(
                         Code::ResourceExhausted,
-                        "the request message is too large or was cut short",
+                        format!("the request message is larger than {MAX_MESSAGE} bytes"),
                     );
+                    return Ok(status.into_http());
+                }
+                // The caller's stream broke before its message was whole.
+                Err(_) => {
+                    let status = Status::new(Code::Cancelled, "the request ended early");
                     return Ok(status.into_http());
                 }
             };
