@@ -1,15 +1,13 @@
-//! gRPC statuses with `google.rpc` details: field violations (`BadRequest`) that the
-//! gateway turns into problem+json `violations`, and reasons (`ErrorInfo`).
+//! gRPC statuses with `google.rpc` details (encoded by `tonic-types`): field violations
+//! (`BadRequest`) that the gateway turns into problem+json `violations`, reasons
+//! (`ErrorInfo`) and when to try again (`RetryInfo`).
 
-use ordermesh_contracts::google::rpc::{
-    self, BadRequest, ErrorInfo, RetryInfo, bad_request::FieldViolation,
-};
-use prost::Message;
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
+pub use tonic_types::FieldViolation;
+use tonic_types::{ErrorDetails, StatusExt};
 
-const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
-const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
-const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 pub const ERROR_DOMAIN: &str = "ordermesh";
 
 /// Collects what is wrong with a request, field by field.
@@ -22,11 +20,7 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: &str, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.to_string(),
-            description: description.into(),
-            reason: String::new(),
-        });
+        self.0.push(FieldViolation::new(field, description));
     }
 
     /// Adds a violation unless `ok`.
@@ -50,15 +44,6 @@ impl Violations {
     }
 }
 
-fn with_details(code: Code, message: String, details: Vec<prost_types::Any>) -> Status {
-    let status = rpc::Status {
-        code: code as i32,
-        message: message.clone(),
-        details,
-    };
-    Status::with_details(code, message, status.encode_to_vec().into())
-}
-
 /// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming each bad field.
 pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
     let message = violations
@@ -66,41 +51,26 @@ pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
         .join("; ");
-    let detail = prost_types::Any {
-        type_url: BAD_REQUEST_TYPE.into(),
-        value: BadRequest {
-            field_violations: violations,
-        }
-        .encode_to_vec(),
-    };
-    with_details(Code::InvalidArgument, message, vec![detail])
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request(violations),
+    )
 }
 
 /// `INVALID_ARGUMENT` for one field.
 pub fn invalid(field: &str, description: &str) -> Status {
-    invalid_argument(vec![FieldViolation {
-        field: field.to_string(),
-        description: description.to_string(),
-        reason: String::new(),
-    }])
-}
-
-fn error_info(reason: &str) -> prost_types::Any {
-    prost_types::Any {
-        type_url: ERROR_INFO_TYPE.into(),
-        value: ErrorInfo {
-            reason: reason.into(),
-            domain: ERROR_DOMAIN.into(),
-            metadata: Default::default(),
-        }
-        .encode_to_vec(),
-    }
+    invalid_argument(vec![FieldViolation::new(field, description)])
 }
 
 /// A status with a machine-readable reason (`google.rpc.ErrorInfo`), e.g.
 /// `FAILED_PRECONDITION` / `INSUFFICIENT_FUNDS`.
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    with_details(code, message.into(), vec![error_info(reason)])
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+    )
 }
 
 /// A status with a reason and when to try again (`google.rpc.RetryInfo`), which the gateway
@@ -111,21 +81,13 @@ pub fn retry_later(
     after: std::time::Duration,
     message: impl Into<String>,
 ) -> Status {
-    let retry = prost_types::Any {
-        type_url: RETRY_INFO_TYPE.into(),
-        value: RetryInfo {
-            retry_delay: Some(prost_types::Duration {
-                seconds: after.as_secs() as i64,
-                nanos: after.subsec_nanos() as i32,
-            }),
-        }
-        .encode_to_vec(),
-    };
-    with_details(code, message.into(), vec![error_info(reason), retry])
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(after));
+    Status::with_error_details(code, message, details)
 }
 
 /// The details a status carries, decoded.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Details {
     pub violations: Vec<FieldViolation>,
     pub reason: Option<String>,
@@ -134,36 +96,17 @@ pub struct Details {
 }
 
 pub fn details(status: &Status) -> Details {
-    let mut out = Details::default();
-    let Ok(decoded) = rpc::Status::decode(status.details()) else {
-        return out;
+    let Ok(decoded) = status.check_error_details() else {
+        return Details::default();
     };
-    for any in decoded.details {
-        match any.type_url.as_str() {
-            BAD_REQUEST_TYPE => {
-                if let Ok(br) = BadRequest::decode(any.value.as_slice()) {
-                    out.violations.extend(br.field_violations);
-                }
-            }
-            ERROR_INFO_TYPE => {
-                if let Ok(info) = ErrorInfo::decode(any.value.as_slice()) {
-                    out.reason = Some(info.reason);
-                }
-            }
-            RETRY_INFO_TYPE => {
-                if let Some(d) = RetryInfo::decode(any.value.as_slice())
-                    .ok()
-                    .and_then(|r| r.retry_delay)
-                    .filter(|d| d.seconds >= 0 && d.nanos >= 0)
-                {
-                    out.retry_after =
-                        Some(std::time::Duration::new(d.seconds as u64, d.nanos as u32));
-                }
-            }
-            _ => {}
-        }
+    Details {
+        violations: decoded
+            .bad_request()
+            .map(|b| b.field_violations.clone())
+            .unwrap_or_default(),
+        reason: decoded.error_info().map(|i| i.reason.clone()),
+        retry_after: decoded.retry_info().and_then(|r| r.retry_delay),
     }
-    out
 }
 
 #[cfg(test)]
