@@ -362,7 +362,7 @@ impl BoundService {
                 let saga = OrderSaga::new(
                     Orders::new(table),
                     catalog.clone(),
-                    payment,
+                    Arc::new(payment),
                     outbox,
                     config.saga.clone(),
                 );

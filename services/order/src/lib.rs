@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod grpc;
 pub mod orders;
+pub mod payments;
 pub mod saga;
 
 pub use grpc::{CatalogServer, OrderServer};

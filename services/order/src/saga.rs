@@ -20,9 +20,9 @@
 use std::time::Duration;
 
 use ordermesh_contracts::order::{Order, OrderItem, OrderState};
-use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
+use std::sync::Arc;
+
 use ordermesh_contracts::payment::{ChargeRequest, RefundRequest};
-use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::lease::Leases;
 use ordermesh_platform::money::{MAX_AMOUNT_MINOR, money};
 use ordermesh_platform::outbox::Outbox;
@@ -34,6 +34,7 @@ use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::orders::{OrderError, OrderRecord, Orders, PENDING, PendingWork, key_pk, state_name};
+use crate::payments::Payments;
 
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -64,7 +65,7 @@ pub struct Line {
 pub struct OrderSaga {
     pub orders: Orders,
     pub catalog: Catalog,
-    payment: PaymentServiceClient<MeshChannel>,
+    payment: Arc<dyn Payments>,
     outbox: Outbox,
     settings: SagaSettings,
     leases: Leases,
@@ -111,7 +112,7 @@ impl OrderSaga {
     pub fn new(
         orders: Orders,
         catalog: Catalog,
-        payment: PaymentServiceClient<MeshChannel>,
+        payment: Arc<dyn Payments>,
         outbox: Outbox,
         settings: SagaSettings,
     ) -> Self {
@@ -297,16 +298,19 @@ impl OrderSaga {
         if rec.state() != OrderState::PendingPayment {
             return Ok(order);
         }
-        let mut req = tonic::Request::new(ChargeRequest {
+        let req = ChargeRequest {
             user_id: order.user_id.clone(),
             order: order.name.clone(),
             amount: order.total.clone(),
             idempotency_key: format!("order:{id}"),
-        });
-        req.set_timeout(self.settings.payment_deadline);
-        match self.payment.clone().charge(req).await {
+        };
+        match self
+            .payment
+            .charge(req, self.settings.payment_deadline)
+            .await
+        {
             Ok(payment) => {
-                let payment = payment.into_inner().name;
+                let payment = payment.name;
                 self.transition(
                     id,
                     &[OrderState::PendingPayment],
@@ -352,35 +356,55 @@ impl OrderSaga {
     ) -> Result<Order, OrderError> {
         let mut attempts = Attempts::new(MAX_ATTEMPTS);
         while attempts.next().await {
-            let (mut rec, version) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
-            let current = rec.state();
-            if current == to && from.contains(&OrderState::PendingPayment) {
-                // Someone (the re-driver or a retry) already finished it.
-                return rec.order.ok_or(OrderError::NotFound);
-            }
-            if !from.contains(&current) {
-                return Err(OrderError::IllegalTransition {
-                    current: state_name(current),
-                    wanted: state_name(to),
-                });
-            }
-            let mut writes = extra(&mut rec);
-            if let Some(o) = rec.order.as_mut() {
-                o.state = to as i32;
-                o.update_time = Some(now());
-            }
-            let order = rec.order.clone().unwrap_or_default();
-            writes.insert(0, Orders::put(&rec, Some(version)));
-            writes.push(self.event(&order, actor, action));
-            match self.orders.table().write(writes).await {
-                Ok(_) => {
-                    self.outbox.notify();
-                    return Ok(order);
-                }
-                Err(e) => attempts.lost(e)?,
+            match self
+                .try_transition(id, from, to, action, actor, &extra)
+                .await?
+            {
+                Ok(order) => return Ok(order),
+                Err(lost) => attempts.lost(lost)?,
             }
         }
         Err(attempts.exhausted(OrderError::Contended))
+    }
+
+    /// One attempt at a transition: the order moved, or the store error of a lost race
+    /// (another writer moved the order or the stock first) for the caller to judge.
+    async fn try_transition(
+        &self,
+        id: &str,
+        from: &[OrderState],
+        to: OrderState,
+        action: &str,
+        actor: &str,
+        extra: &impl Fn(&mut OrderRecord) -> Vec<Write>,
+    ) -> Result<Result<Order, StoreError>, OrderError> {
+        let (mut rec, version) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
+        let current = rec.state();
+        if current == to && from.contains(&OrderState::PendingPayment) {
+            // Someone (the re-driver or a retry) already finished it.
+            return rec.order.ok_or(OrderError::NotFound).map(Ok);
+        }
+        if !from.contains(&current) {
+            return Err(OrderError::IllegalTransition {
+                current: state_name(current),
+                wanted: state_name(to),
+            });
+        }
+        let mut writes = extra(&mut rec);
+        if let Some(o) = rec.order.as_mut() {
+            o.state = to as i32;
+            o.update_time = Some(now());
+        }
+        let order = rec.order.clone().unwrap_or_default();
+        writes.insert(0, Orders::put(&rec, Some(version)));
+        writes.push(self.event(&order, actor, action));
+        match self.orders.table().write(writes).await {
+            Ok(_) => {
+                self.outbox.notify();
+                Ok(Ok(order))
+            }
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// CANCELLED with stock back on the shelf; `refund` marks a refund as owed.
@@ -392,7 +416,9 @@ impl OrderSaga {
         actor: &str,
         refund: bool,
     ) -> Result<Order, OrderError> {
-        for _ in 0..MAX_ATTEMPTS {
+        // One loop: each round reads the stock afresh and tries the transition once.
+        let mut attempts = Attempts::new(MAX_ATTEMPTS);
+        while attempts.next().await {
             let (rec, _) = self.orders.get(id).await?.ok_or(OrderError::NotFound)?;
             let order = rec.order.clone().unwrap_or_default();
             let _turn = self
@@ -406,13 +432,13 @@ impl OrderSaga {
                 }
             }
             let result = self
-                .transition(
+                .try_transition(
                     id,
                     from,
                     OrderState::Cancelled,
                     "order.cancelled",
                     actor,
-                    |rec| {
+                    &|rec: &mut OrderRecord| {
                         if let Some(o) = rec.order.as_mut() {
                             o.cancel_reason = reason.to_string();
                         }
@@ -427,14 +453,14 @@ impl OrderSaga {
                         w
                     },
                 )
-                .await;
+                .await?;
             match result {
-                // Stock moved under us (the batch's product writes failed): read again.
-                Err(OrderError::Contended) => continue,
-                other => return other,
+                Ok(order) => return Ok(order),
+                // The order or its stock moved under us: read both again.
+                Err(lost) => attempts.lost(lost)?,
             }
         }
-        Err(OrderError::Contended)
+        Err(attempts.exhausted(OrderError::Contended))
     }
 
     /// A user (or admin) cancels: allowed until the order ships; a paid order is refunded.
@@ -472,13 +498,16 @@ impl OrderSaga {
             return Ok(());
         }
         let order = rec.order.clone().unwrap_or_default();
-        let mut req = tonic::Request::new(RefundRequest {
+        let req = RefundRequest {
             payment: order.payment.clone(),
             amount: None,
             idempotency_key: format!("cancel:{id}"),
-        });
-        req.set_timeout(self.settings.payment_deadline);
-        match self.payment.clone().refund(req).await {
+        };
+        match self
+            .payment
+            .refund(req, self.settings.payment_deadline)
+            .await
+        {
             Ok(_) => {
                 let mut done = rec;
                 done.refund_pending = false;
@@ -563,5 +592,263 @@ impl OrderSaga {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use ordermesh_contracts::payment::Payment;
+    use ordermesh_platform::store::Table;
+    use ordermesh_platform::store::embedded::EmbeddedTable;
+    use tonic::Status;
+
+    use super::*;
+
+    /// Payment-service as the saga sees it, answering from a script and recording each call.
+    #[derive(Default)]
+    struct ScriptedPayments {
+        charges: Mutex<VecDeque<Result<Payment, Status>>>,
+        refunds: Mutex<VecDeque<Result<Payment, Status>>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl ScriptedPayments {
+        fn answer(queue: &Mutex<VecDeque<Result<Payment, Status>>>) -> Result<Payment, Status> {
+            queue
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Err(Status::internal("no answer scripted")))
+        }
+    }
+
+    impl Payments for ScriptedPayments {
+        fn charge(
+            &self,
+            req: ChargeRequest,
+            _: Duration,
+        ) -> BoxFuture<'_, Result<Payment, Status>> {
+            self.calls.lock().unwrap().push(format!(
+                "charge {} {}",
+                req.idempotency_key,
+                req.amount.unwrap_or_default().amount_minor
+            ));
+            Box::pin(async move { Self::answer(&self.charges) })
+        }
+        fn refund(
+            &self,
+            req: RefundRequest,
+            _: Duration,
+        ) -> BoxFuture<'_, Result<Payment, Status>> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("refund {} {}", req.idempotency_key, req.payment));
+            Box::pin(async move { Self::answer(&self.refunds) })
+        }
+    }
+
+    fn paid(name: &str) -> Result<Payment, Status> {
+        Ok(Payment {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    struct Fixture {
+        saga: OrderSaga,
+        payments: Arc<ScriptedPayments>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::Embedded(EmbeddedTable::open(dir.path(), "orders").unwrap());
+        let catalog = Catalog::new(table.clone());
+        catalog.seed_demo().await.unwrap();
+        let payments = Arc::new(ScriptedPayments::default());
+        let saga = OrderSaga::new(
+            Orders::new(table),
+            catalog,
+            payments.clone(),
+            Outbox::new("order-service"),
+            SagaSettings::default(),
+        );
+        Fixture {
+            saga,
+            payments,
+            _dir: dir,
+        }
+    }
+
+    fn two_mugs() -> Vec<Line> {
+        vec![Line {
+            sku: "MUG-001".into(),
+            quantity: 2,
+        }]
+    }
+
+    async fn stock(f: &Fixture, sku: &str) -> i64 {
+        f.saga.catalog.get(sku).await.unwrap().unwrap().0.stock
+    }
+
+    async fn pending(f: &Fixture) -> Vec<String> {
+        let work = f.saga.orders.pending(100).await.unwrap();
+        work.into_iter().map(|w| w.kind).collect()
+    }
+
+    fn id_of(order: &Order) -> &str {
+        order.name.trim_start_matches("orders/")
+    }
+
+    #[tokio::test]
+    async fn a_charged_order_is_confirmed_with_its_payment_and_stock_reserved() {
+        let f = fixture().await;
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(paid("payments/p1"));
+        let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        assert_eq!(order.state, OrderState::Confirmed as i32);
+        assert_eq!(order.payment, "payments/p1");
+        assert_eq!(stock(&f, "MUG-001").await, 98);
+        assert!(pending(&f).await.is_empty(), "nothing left to re-drive");
+        let calls = f.payments.calls.lock().unwrap().clone();
+        assert_eq!(calls, vec![format!("charge order:{} 2500", id_of(&order))]);
+    }
+
+    #[tokio::test]
+    async fn the_same_key_places_one_order_and_charges_once() {
+        let f = fixture().await;
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(paid("payments/p1"));
+        let first = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        let again = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        assert_eq!(first.name, again.name);
+        assert_eq!(f.payments.calls.lock().unwrap().len(), 1);
+        assert_eq!(stock(&f, "MUG-001").await, 98);
+    }
+
+    #[tokio::test]
+    async fn a_declined_charge_cancels_the_order_and_puts_the_stock_back() {
+        let f = fixture().await;
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(Err(Status::failed_precondition("insufficient funds")));
+        let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        assert_eq!(order.state, OrderState::Cancelled as i32);
+        assert!(
+            order.cancel_reason.contains("insufficient funds"),
+            "{}",
+            order.cancel_reason
+        );
+        assert_eq!(stock(&f, "MUG-001").await, 100);
+        assert!(pending(&f).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_charge_outcome_stays_pending_until_the_re_driver_settles_it() {
+        let f = fixture().await;
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(Err(Status::unavailable("payment-service is down")));
+        let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        assert_eq!(order.state, OrderState::PendingPayment as i32);
+        assert_eq!(stock(&f, "MUG-001").await, 98, "still reserved");
+        assert_eq!(pending(&f).await, vec!["pay".to_string()]);
+        // The re-driver's attempt: the same key, so payment-service charges at most once.
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(paid("payments/p1"));
+        let settled = f.saga.settle_charge(id_of(&order)).await.unwrap();
+        assert_eq!(settled.state, OrderState::Confirmed as i32);
+        assert!(pending(&f).await.is_empty());
+        let calls = f.payments.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls[0], calls[1],
+            "both attempts carry one idempotency key"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_paid_order_refunds_it_once_even_when_the_first_refund_fails() {
+        let f = fixture().await;
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(paid("payments/p1"));
+        let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        let id = id_of(&order).to_string();
+        f.payments
+            .refunds
+            .lock()
+            .unwrap()
+            .push_back(Err(Status::unavailable("payment-service is down")));
+        let cancelled = f.saga.cancel(&id, "", "users/u1").await.unwrap();
+        assert_eq!(cancelled.state, OrderState::Cancelled as i32);
+        assert_eq!(stock(&f, "MUG-001").await, 100);
+        assert_eq!(
+            pending(&f).await,
+            vec!["refund".to_string()],
+            "the refund is owed"
+        );
+        f.payments
+            .refunds
+            .lock()
+            .unwrap()
+            .push_back(paid("payments/p1"));
+        f.saga.settle_refund(&id).await.unwrap();
+        assert!(pending(&f).await.is_empty());
+        f.saga.settle_refund(&id).await.unwrap();
+        let refunds: Vec<_> = f
+            .payments
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("refund"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            refunds,
+            vec![format!("refund cancel:{id} payments/p1"); 2],
+            "no third once settled"
+        );
+    }
+
+    #[tokio::test]
+    async fn illegal_transitions_are_refused() {
+        let f = fixture().await;
+        f.payments
+            .charges
+            .lock()
+            .unwrap()
+            .push_back(Err(Status::failed_precondition("declined")));
+        let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
+        let shipped = f.saga.ship(id_of(&order), "workloads/admin").await;
+        assert!(
+            matches!(shipped, Err(OrderError::IllegalTransition { .. })),
+            "{shipped:?}"
+        );
+        let cancelled = f.saga.cancel(id_of(&order), "", "users/u1").await;
+        assert!(matches!(
+            cancelled,
+            Err(OrderError::IllegalTransition { .. })
+        ));
     }
 }
