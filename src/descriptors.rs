@@ -32,6 +32,9 @@ pub struct MethodInfo {
     pub http: Option<HttpRule>,
     pub server_streaming: bool,
     pub client_streaming: bool,
+    /// Safe to send twice: bound to HTTP GET, or marked `idempotency_level` NO_SIDE_EFFECTS
+    /// or IDEMPOTENT (a write keyed by an idempotency key). Only these are ever retried.
+    pub idempotent: bool,
     pub descriptor: MethodDescriptor,
 }
 
@@ -84,6 +87,16 @@ pub fn methods() -> &'static [MethodInfo] {
                             .and_then(|m| m.transcode_to::<AccessRule>().ok())
                     })
                     .unwrap_or_default();
+                let declared = method
+                    .method_descriptor_proto()
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.idempotency_level)
+                    .is_some_and(|level| level != 0);
+                let get = matches!(
+                    http.as_ref().and_then(|h| h.pattern.as_ref()),
+                    Some(crate::google::api::http_rule::Pattern::Get(_))
+                );
                 out.push(MethodInfo {
                     path: format!("/{}/{}", service.full_name(), method.name()),
                     service: service.full_name().to_string(),
@@ -94,6 +107,7 @@ pub fn methods() -> &'static [MethodInfo] {
                     http,
                     server_streaming: method.is_server_streaming(),
                     client_streaming: method.is_client_streaming(),
+                    idempotent: declared || get,
                     descriptor: method,
                 });
             }
@@ -132,7 +146,13 @@ pub fn field_rules(field: &prost_reflect::FieldDescriptor) -> Option<&'static Fi
 
 /// The RPC served at a gRPC path, if any.
 pub fn method_by_path(path: &str) -> Option<&'static MethodInfo> {
-    methods().iter().find(|m| m.path == path)
+    // Looked up on every call a mesh client or server handles.
+    static BY_PATH: OnceLock<std::collections::HashMap<&'static str, &'static MethodInfo>> =
+        OnceLock::new();
+    BY_PATH
+        .get_or_init(|| methods().iter().map(|m| (m.path.as_str(), m)).collect())
+        .get(path)
+        .copied()
 }
 
 /// The RPCs of one fully qualified service.

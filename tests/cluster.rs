@@ -80,10 +80,12 @@ impl Replica {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&self.command.log).unwrap_or_default();
+                let tail: Vec<_> = log.lines().rev().take(15).collect();
                 panic!(
-                    "{} exited at start: {status} (see {})",
+                    "{} exited at start: {status}; its log ends:\n{}",
                     self.name,
-                    self.command.log.display()
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
             assert!(

@@ -91,9 +91,7 @@ async fn access_lines_mesh_json_and_metrics_tell_an_operator_what_runs() {
         }
         if role == "edge-gateway" {
             assert!(
-                text.contains(
-                    "ordermesh_gateway_circuit_breaker_open{backend=\"order-service\"} 0"
-                ),
+                text.contains("ordermesh_client_circuit_breaker_open{backend=\"order-service\"} 0"),
                 "{text}"
             );
             // Status codes by their canonical names.

@@ -23,6 +23,10 @@ pub struct GatewayConfig {
     pub http: HttpSettings,
     /// Deadline of each backend call.
     pub deadline: Duration,
+    /// The longest a request may take to its response's head (a stream then runs on).
+    pub request_timeout: Duration,
+    /// Requests handled at once; past it the gateway sheds load with 503.
+    pub max_in_flight: usize,
     /// Largest request body accepted.
     pub body_limit: usize,
     /// Origins allowed by CORS (empty: none).
@@ -46,6 +50,9 @@ impl Default for GatewayConfig {
             trusted_proxies: TrustedProxies::default(),
             http: HttpSettings::default(),
             deadline: Duration::from_secs(5),
+            // Two attempts of a retried call, with room to answer.
+            request_timeout: Duration::from_secs(11),
+            max_in_flight: 4096,
             body_limit: 1024 * 1024,
             cors_origins: Vec::new(),
             rate_default: Limit {
@@ -76,7 +83,8 @@ impl GatewayConfig {
     /// CIDRs), `ORDERMESH_TRUSTED_HOPS`, `ORDERMESH_HTTP_HEADER_TIMEOUT_MS`,
     /// `ORDERMESH_MAX_CONNECTIONS`, `ORDERMESH_MAX_CONNECTIONS_PER_ADDRESS`,
     /// `ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE`, `ORDERMESH_ADDRESS_RATE_LIMIT_BURST`,
-    /// `ORDERMESH_REVOCATION_POLL_MS`.
+    /// `ORDERMESH_REVOCATION_POLL_MS`, `ORDERMESH_GATEWAY_REQUEST_TIMEOUT_MS`,
+    /// `ORDERMESH_GATEWAY_MAX_IN_FLIGHT`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let origins: String = env_or("ORDERMESH_CORS_ORIGINS", String::new())?;
@@ -86,6 +94,7 @@ impl GatewayConfig {
             value: proxies.clone(),
             reason: e.to_string(),
         })?;
+        let deadline = Duration::from_millis(env_or("ORDERMESH_GATEWAY_DEADLINE_MS", 5000u64)?);
         Ok(Self {
             http_addr: env_or("ORDERMESH_HTTP_ADDR", d.http_addr)?,
             admin_addr: env_opt("ORDERMESH_ADMIN_ADDR")?,
@@ -110,7 +119,12 @@ impl GatewayConfig {
                 cidrs,
                 hops: env_or("ORDERMESH_TRUSTED_HOPS", 0usize)?,
             },
-            deadline: Duration::from_millis(env_or("ORDERMESH_GATEWAY_DEADLINE_MS", 5000u64)?),
+            deadline,
+            request_timeout: Duration::from_millis(env_or(
+                "ORDERMESH_GATEWAY_REQUEST_TIMEOUT_MS",
+                (deadline * 2).as_millis() as u64 + 1000,
+            )?),
+            max_in_flight: env_or("ORDERMESH_GATEWAY_MAX_IN_FLIGHT", d.max_in_flight)?,
             body_limit: env_or("ORDERMESH_BODY_LIMIT_BYTES", d.body_limit)?,
             cors_origins: origins
                 .split(',')

@@ -14,12 +14,39 @@ use prost::Message;
 use serde_json::{Value, json};
 use tonic::metadata::MetadataMap;
 
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use ordermesh_contracts::options::Audience;
+
 use crate::backends::Backends;
+use crate::caller::Caller;
 use crate::problem::Problem;
+use crate::request_id::RequestId;
+use crate::server::Gateway;
 
 const RECENT_ORDERS: i32 = 5;
 
 pub const PATH: &str = "/v1/me/overview";
+/// Who may call it: any signed-in user, for themselves.
+pub const AUDIENCE: Audience = Audience::User;
+
+/// The route's handler.
+pub async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    request_id: RequestId,
+    caller: Caller,
+) -> Response {
+    let answer = async {
+        let metadata = caller.metadata(&request_id)?;
+        overview(&gw.backends, &metadata).await
+    };
+    match answer.await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(p) => p.into_response_with(request_id.as_str()),
+    }
+}
 
 /// The OpenAPI operation of this endpoint: the shapes it composes are the contracts' own.
 pub fn operation(refs: &mut Vec<prost_reflect::MessageDescriptor>) -> Value {

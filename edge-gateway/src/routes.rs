@@ -38,7 +38,7 @@ pub struct Route {
     pub rpc: &'static MethodInfo,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
     #[error("template {0:?} must start with '/'")]
     NoLeadingSlash(String),
@@ -206,9 +206,23 @@ pub fn all() -> Result<Vec<Route>, TemplateError> {
     Ok(routes)
 }
 
+/// Every route of the contracts' HTTP bindings, built once per process (they come from the
+/// compiled-in descriptors, so they cannot differ between gateways).
+pub fn table() -> Result<&'static [Route], TemplateError> {
+    static TABLE: std::sync::OnceLock<Result<Vec<Route>, TemplateError>> =
+        std::sync::OnceLock::new();
+    match TABLE.get_or_init(all) {
+        Ok(routes) => Ok(routes),
+        Err(e) => Err(e.clone()),
+    }
+}
+
 /// What a request path and method resolved to.
+#[derive(Clone)]
 pub enum Resolved<'a> {
     Found(&'a Route, Bindings),
+    /// One of the gateway's own composite endpoints (an axum route).
+    Composite,
     /// The path exists with other methods.
     WrongMethod(Vec<http::Method>),
     EncodedSlash,

@@ -21,11 +21,13 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{MeshConfig, MtlsMode};
 use crate::metrics::Metrics;
+use crate::resilience::{DEFAULT_DEADLINE, Resilience, Resilient};
 use crate::rpc_layer::{RpcLayer, RpcService};
 use crate::tls::{MeshCredentials, ReloadingCredentials, TlsError};
 
-/// A channel with client tracing and metrics; what generated clients are built on.
-pub type MeshChannel = RpcService<Channel>;
+/// A balanced channel with the outbound resilience (deadline, retries, breaker) and client
+/// tracing and metrics; what every generated client is built on.
+pub type MeshChannel = RpcService<Resilient<Channel>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -187,9 +189,13 @@ impl ChannelFactory {
         }
         runtime.spawn(discovery.run(known));
         let first = &discovery_target;
+        let resilient = tower::Layer::layer(
+            &Resilience::new(workload, DEFAULT_DEADLINE, self.metrics.client()),
+            channel,
+        );
         Ok(tower::Layer::layer(
             &RpcLayer::client(self.metrics.clone(), &first.host, first.port),
-            channel,
+            resilient,
         ))
     }
 }

@@ -20,6 +20,7 @@ pub mod money;
 pub mod net;
 pub mod outbox;
 pub mod process_metrics;
+pub mod resilience;
 pub mod role_spans;
 pub mod rpc_layer;
 pub mod server;

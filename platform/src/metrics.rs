@@ -49,6 +49,7 @@ pub struct Metrics {
     pub server_duration: Family<RpcMethodLabels, Histogram, fn() -> Histogram>,
     pub client_requests: Family<RpcLabels, Counter>,
     pub client_duration: Family<RpcMethodLabels, Histogram, fn() -> Histogram>,
+    client: std::sync::OnceLock<Arc<crate::resilience::ClientMetrics>>,
 }
 
 impl Default for Metrics {
@@ -104,6 +105,7 @@ impl Metrics {
             process,
             build_info,
             role: std::sync::OnceLock::new(),
+            client: std::sync::OnceLock::new(),
             server_requests,
             server_duration,
             client_requests,
@@ -133,6 +135,17 @@ impl Metrics {
     }
 
     /// The role named by [`Metrics::set_role`], if any.
+    /// Breakers and retries of this process's outbound calls (registered on first use).
+    pub fn client(&self) -> Arc<crate::resilience::ClientMetrics> {
+        self.client
+            .get_or_init(|| {
+                let m = Arc::new(crate::resilience::ClientMetrics::default());
+                m.register(self);
+                m
+            })
+            .clone()
+    }
+
     pub fn role(&self) -> Option<&str> {
         self.role.get().map(String::as_str)
     }

@@ -135,6 +135,12 @@ pub struct RpcService<S> {
     target: Option<(String, u16)>,
 }
 
+impl<S> RpcService<S> {
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S, B, RB> tower::Service<Request<B>> for RpcService<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
