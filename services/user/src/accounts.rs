@@ -1,9 +1,21 @@
-//! Account rules: what a valid email, display name and password are, and password hashing
-//! with argon2id.
+//! Accounts: what a valid email, display name and password are, password hashing with
+//! argon2id, and the account operations (registration, sign-in checks, profiles, roles).
+
+use std::time::Duration;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use ordermesh_contracts::user::revocation::Kind;
+use ordermesh_platform::clock::timestamp;
+use ordermesh_platform::identity::workloads;
+use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::status::Violations;
+use ordermesh_platform::user_context::{ROLE_ADMIN, ROLE_USER};
+
+use crate::error::{UserError, checked};
+use crate::login_throttle::{LoginThrottle, ThrottleSettings};
+use crate::revocations;
+use crate::store::{UserRecord, UserStore};
 
 pub const MIN_PASSWORD: usize = 10;
 pub const MAX_PASSWORD: usize = 128;
@@ -108,6 +120,255 @@ pub fn verify_against_nothing(password: &str) {
     let phc = DUMMY
         .get_or_init(|| hash_password("not a real password, only spends time").unwrap_or_default());
     let _ = verify_password(password, phc);
+}
+
+/// Password hashing is CPU- and memory-hard (argon2id takes ~19 MiB per hash), so at most
+/// one runs per core: a burst of logins queues instead of taking gigabytes.
+static PASSWORD_WORK: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+
+async fn password_work<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, UserError> {
+    let _permit = PASSWORD_WORK
+        .acquire()
+        .await
+        .map_err(|_| UserError::ShuttingDown)?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| UserError::Internal("worker failed"))
+}
+
+async fn hashed(password: &str) -> Result<String, UserError> {
+    let pw = password.to_string();
+    password_work(move || hash_password(&pw))
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            UserError::Internal("password hashing failed")
+        })
+}
+
+/// The accounts: registration, sign-in checks, profiles and roles. Every change records an
+/// audit event in the same write.
+#[derive(Clone)]
+pub struct Accounts {
+    store: UserStore,
+    outbox: Outbox,
+    throttle: LoginThrottle,
+    access_ttl: Duration,
+}
+
+impl Accounts {
+    /// `access_ttl`: how long an access token lives, so a role change revokes the user's
+    /// tokens issued before it for as long as one could still be presented.
+    pub fn new(store: UserStore, outbox: Outbox, access_ttl: Duration) -> Self {
+        Self {
+            throttle: LoginThrottle::new(store.table().clone(), ThrottleSettings::default()),
+            store,
+            outbox,
+            access_ttl,
+        }
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// A new account with the user role.
+    pub async fn register(
+        &self,
+        email: &str,
+        display_name: &str,
+        password: &str,
+    ) -> Result<UserRecord, UserError> {
+        let mut v = Violations::new();
+        let email = normalize_email(email).unwrap_or_else(|d| {
+            v.add("email", d);
+            String::new()
+        });
+        check_display_name(&mut v, "display_name", display_name);
+        check_password(&mut v, password, &email);
+        checked(v)?;
+        let record = self
+            .create(email, display_name.trim(), password, &[ROLE_USER])
+            .await?;
+        Ok(record)
+    }
+
+    async fn create(
+        &self,
+        email: String,
+        display_name: &str,
+        password: &str,
+        roles: &[&str],
+    ) -> Result<UserRecord, UserError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let record = UserRecord {
+            id: id.clone(),
+            email,
+            display_name: display_name.to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            password_hash: hashed(password).await?,
+            create_time: Some(timestamp()),
+            update_time: Some(timestamp()),
+        };
+        let actor = if roles.contains(&ROLE_ADMIN) {
+            format!("workloads/{}", workloads::USER)
+        } else {
+            format!("users/{id}")
+        };
+        let event = self
+            .outbox
+            .event(&actor, "user.registered", &format!("users/{id}"));
+        self.outbox
+            .commit(self.store.create(&record, vec![self.outbox.write(event)]))
+            .await?;
+        Ok(record)
+    }
+
+    /// Creates an account with the admin role unless one exists for `email`; returns whether
+    /// it was created. Used by `ordermesh up` on first run.
+    pub async fn ensure_admin(&self, email: &str, password: &str) -> Result<bool, UserError> {
+        let email = normalize_email(email).map_err(|d| UserError::invalid("email", d))?;
+        if self.store.find_by_email(&email).await?.is_some() {
+            return Ok(false);
+        }
+        self.create(email, "Administrator", password, &[ROLE_USER, ROLE_ADMIN])
+            .await?;
+        Ok(true)
+    }
+
+    /// The account `email` and `password` prove, with failed attempts throttled per account
+    /// (whether or not it exists) and recorded for audit.
+    pub async fn authenticate(&self, email: &str, password: &str) -> Result<UserRecord, UserError> {
+        let mut v = Violations::new();
+        let email = normalize_email(email).unwrap_or_else(|d| {
+            v.add("email", d);
+            String::new()
+        });
+        v.check(!password.is_empty(), "password", "is required");
+        v.check(
+            password.len() <= 4 * MAX_PASSWORD,
+            "password",
+            "is too long",
+        );
+        checked(v)?;
+        // Locked the same way whether or not the account exists, before any password work.
+        if let Some(wait) = self.throttle.locked_for(&email).await? {
+            return Err(UserError::Throttled(wait));
+        }
+        let found = self.store.find_by_email(&email).await?;
+        let pw = password.to_string();
+        let user = match found {
+            None => {
+                password_work(move || verify_against_nothing(&pw)).await?;
+                None
+            }
+            Some((user, _)) => {
+                let hash = user.password_hash.clone();
+                password_work(move || verify_password(&pw, &hash))
+                    .await?
+                    .then_some(user)
+            }
+        };
+        let Some(user) = user else {
+            if let Err(e) = self.throttle.failed(&email).await {
+                tracing::warn!(error = %e, "could not count a failed sign-in");
+            }
+            let event = self
+                .outbox
+                .event("anonymous", "user.login_failed", "users/unknown");
+            self.outbox
+                .commit(self.store.record(vec![self.outbox.write(event)]))
+                .await?;
+            return Err(UserError::BadCredentials);
+        };
+        if let Err(e) = self.throttle.succeeded(&email).await {
+            tracing::warn!(error = %e, "could not clear failed sign-ins");
+        }
+        Ok(user)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<UserRecord, UserError> {
+        self.store
+            .get(id)
+            .await?
+            .map(|(u, _)| u)
+            .ok_or(UserError::NotFound)
+    }
+
+    /// Sets the fields `paths` names (only `display_name` can change), by `actor`.
+    pub async fn update_profile(
+        &self,
+        id: &str,
+        actor: &str,
+        paths: &[String],
+        display_name: &str,
+    ) -> Result<UserRecord, UserError> {
+        let mut v = Violations::new();
+        v.check(
+            !paths.is_empty(),
+            "update_mask",
+            "nothing to update: set a field or name it in the mask",
+        );
+        for path in paths {
+            match path.as_str() {
+                "display_name" | "displayName" => {
+                    check_display_name(&mut v, "user.display_name", display_name)
+                }
+                other => v.add(
+                    "update_mask",
+                    format!("{other} cannot be updated (updatable: display_name)"),
+                ),
+            }
+        }
+        checked(v)?;
+        let (mut record, version) = self.store.get(id).await?.ok_or(UserError::NotFound)?;
+        record.display_name = display_name.trim().to_string();
+        record.update_time = Some(timestamp());
+        let event = self
+            .outbox
+            .event(actor, "user.profile_updated", &format!("users/{id}"));
+        self.outbox
+            .commit(
+                self.store
+                    .update(&record, version, vec![self.outbox.write(event)]),
+            )
+            .await?;
+        Ok(record)
+    }
+
+    /// Replaces the user's roles, by `actor`; access tokens carrying the old roles stop
+    /// counting.
+    pub async fn set_roles(
+        &self,
+        id: &str,
+        actor: &str,
+        roles: Vec<String>,
+    ) -> Result<UserRecord, UserError> {
+        let (mut record, version) = self.store.get(id).await?.ok_or(UserError::NotFound)?;
+        let before = record.roles.join(",");
+        record.roles = roles;
+        record.update_time = Some(timestamp());
+        let mut event = self
+            .outbox
+            .event(actor, "user.role_changed", &format!("users/{id}"));
+        event.attributes.insert("before".into(), before);
+        event
+            .attributes
+            .insert("after".into(), record.roles.join(","));
+        let writes = vec![
+            self.outbox.write(event),
+            revocations::write(Kind::User, &record.id, self.access_ttl),
+        ];
+        self.outbox
+            .commit(self.store.update(&record, version, writes))
+            .await?;
+        Ok(record)
+    }
 }
 
 #[cfg(test)]

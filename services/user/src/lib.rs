@@ -1,12 +1,14 @@
 //! user-service: who a user is and how they prove it.
 
 pub mod accounts;
+pub mod error;
 pub mod grpc;
 pub mod keys;
 pub mod login_throttle;
 pub mod revocations;
 pub mod sessions;
 pub mod store;
+pub mod tokens;
 
 pub use grpc::UserServer;
 pub use keys::SigningKeys;

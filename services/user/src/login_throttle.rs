@@ -8,7 +8,7 @@
 //! Counting is best effort under contention: a write that keeps losing races is dropped rather
 //! than failing the sign-in.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ordermesh_platform::store::{Condition, NewItem, StoreError, Table};
 use prost::Message;
@@ -65,11 +65,7 @@ pub struct LoginThrottle {
     settings: ThrottleSettings,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use ordermesh_platform::clock::unix_millis as now_ms;
 
 fn key(email: &str) -> String {
     hex::encode(Sha256::digest(email.as_bytes()))

@@ -6,7 +6,7 @@
 //! Records live in the users table (`revocations` / a UUIDv7, so they sort by time) and expire
 //! once every access token they could concern has expired on its own.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ordermesh_contracts::user::Revocation;
 use ordermesh_contracts::user::revocation::Kind;
@@ -20,17 +20,15 @@ fn record(kind: Kind, subject: &str) -> Revocation {
     Revocation {
         kind: kind as i32,
         subject: subject.to_string(),
-        time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        time: Some(ordermesh_platform::clock::timestamp()),
     }
 }
 
 /// The write that records `kind` for `subject`; it is kept as long as an access token issued
 /// just before it could still be presented (`access_ttl`, plus a minute of clock leeway).
 pub fn write(kind: Kind, subject: &str, access_ttl: Duration) -> Write {
-    let keep_until = SystemTime::now() + access_ttl + Duration::from_secs(60);
-    let unix = keep_until
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let unix = ordermesh_platform::clock::unix_seconds()
+        + (access_ttl + Duration::from_secs(60)).as_secs() as i64;
     Write::put(
         NewItem::new(
             PARTITION,
