@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ordermesh_contracts::user::Revocation;
 use ordermesh_contracts::user::revocation::Kind;
@@ -29,11 +29,7 @@ pub struct RevocationList {
     known: RwLock<Known>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use ordermesh_platform::clock::unix_millis as now_ms;
 
 fn millis(ts: &Option<prost_types::Timestamp>) -> i64 {
     ts.as_ref()

@@ -13,7 +13,7 @@
 //! judges expiry by the writer's clock, so replicas' clocks must agree to well within that
 //! margin (NTP does).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::store::{Condition, NewItem, StoreError, Table};
 
@@ -44,11 +44,7 @@ impl Claim {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::clock::unix_seconds as unix_now;
 
 impl Leases {
     /// `owner` names this replica (for example its pod name plus a random suffix).

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod authz;
 pub mod certs;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod constraints;
 pub mod fd_limit;

@@ -125,7 +125,7 @@ impl Outbox {
             resource: resource.to_string(),
             action: action.to_string(),
             source: self.source.clone(),
-            occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            occur_time: Some(crate::clock::timestamp()),
             attributes: Default::default(),
         }
     }
@@ -149,6 +149,19 @@ impl Outbox {
     /// Tells the relay that new events were committed (it also polls).
     pub fn notify(&self) {
         self.pending.notify_one();
+    }
+
+    /// Awaits a store write that carries this outbox's entries and, once it committed, wakes
+    /// the relay: writing to the outbox and waking the relay as one call.
+    pub async fn commit<T, E>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let committed = write.await;
+        if committed.is_ok() {
+            self.notify();
+        }
+        committed
     }
 
     /// Starts delivering this table's outbox to audit-service until `shutdown`, working each

@@ -12,6 +12,7 @@ mod cursor;
 pub mod dynamodb;
 pub mod embedded;
 mod error;
+#[cfg(any(test, feature = "faults"))]
 pub mod faults;
 mod key_locks;
 pub mod observed;
@@ -200,7 +201,8 @@ pub struct Page {
 pub enum Table {
     Embedded(embedded::EmbeddedTable),
     DynamoDb(dynamodb::DynamoTable),
-    /// Either of the above behind injected failures (fault tests).
+    /// Either of the above behind injected failures (fault tests; compiled only for them).
+    #[cfg(any(test, feature = "faults"))]
     Faulty(std::sync::Arc<faults::FaultyTable>),
 }
 
@@ -210,6 +212,7 @@ impl Table {
         match self {
             Self::Embedded(t) => t.name(),
             Self::DynamoDb(t) => t.table_name(),
+            #[cfg(any(test, feature = "faults"))]
             Self::Faulty(t) => t.inner().name(),
         }
     }
@@ -219,6 +222,7 @@ impl Table {
         match self {
             Self::Embedded(_) => "redb",
             Self::DynamoDb(_) => "aws.dynamodb",
+            #[cfg(any(test, feature = "faults"))]
             Self::Faulty(t) => t.inner().system(),
         }
     }
@@ -230,6 +234,7 @@ impl Table {
             match self {
                 Self::Embedded(t) => t.get(pk, sk).await,
                 Self::DynamoDb(t) => t.get(pk, sk).await,
+                #[cfg(any(test, feature = "faults"))]
                 Self::Faulty(t) => Box::pin(t.get(pk, sk)).await,
             }
         };
@@ -253,6 +258,7 @@ impl Table {
             match self {
                 Self::Embedded(t) => t.write(writes).await,
                 Self::DynamoDb(t) => t.write(writes).await,
+                #[cfg(any(test, feature = "faults"))]
                 Self::Faulty(t) => Box::pin(t.write(writes)).await,
             }
         };
@@ -282,6 +288,7 @@ impl Table {
             match self {
                 Self::Embedded(t) => t.query(query, false).await,
                 Self::DynamoDb(t) => t.query(query, false).await,
+                #[cfg(any(test, feature = "faults"))]
                 Self::Faulty(t) => Box::pin(t.query(query, false)).await,
             }
         };
@@ -331,6 +338,7 @@ impl Table {
             match self {
                 Self::Embedded(t) => t.query(query, true).await,
                 Self::DynamoDb(t) => t.query(query, true).await,
+                #[cfg(any(test, feature = "faults"))]
                 Self::Faulty(t) => Box::pin(t.query(query, true)).await,
             }
         };
@@ -338,13 +346,7 @@ impl Table {
     }
 }
 
-/// Current time in unix seconds.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+pub use crate::clock::unix_seconds as now_unix;
 
 pub(crate) fn is_live(expires_at: Option<i64>, now: i64) -> bool {
     expires_at.is_none_or(|t| t > now)

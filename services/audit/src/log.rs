@@ -167,7 +167,7 @@ impl AuditLog {
                     continue;
                 }
                 seq += 1;
-                let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+                let now = ordermesh_platform::clock::timestamp();
                 let hash = record_hash(&prev, seq, &now, event);
                 let record = AuditRecord {
                     sequence: seq,
@@ -370,7 +370,7 @@ mod tests {
             resource: format!("orders/{i}"),
             action: "order.created".into(),
             source: "order-service".into(),
-            occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            occur_time: Some(ordermesh_platform::clock::timestamp()),
             attributes: Default::default(),
         }
     }

@@ -117,9 +117,7 @@ fn wallet_pk(user: &str) -> String {
     format!("wallet#{user}")
 }
 
-fn now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(std::time::SystemTime::now())
-}
+use ordermesh_platform::clock::timestamp as now;
 
 /// One requested movement of money.
 pub struct Movement {
@@ -299,11 +297,8 @@ impl Wallets {
                 Condition::NotExists,
             ));
             writes.push(self.outbox.write(self.event(&m, &id, &transaction)));
-            match self.table.write(writes).await {
-                Ok(_) => {
-                    self.outbox.notify();
-                    return Ok(record);
-                }
+            match self.outbox.commit(self.table.write(writes)).await {
+                Ok(_) => return Ok(record),
                 // Lost a race (same key, or another movement on this wallet or payment): re-read.
                 Err(e) => attempts.lost(e)?,
             }
