@@ -4,6 +4,7 @@
 //! and anything else are refused before a key is even looked up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -14,12 +15,12 @@ use ordermesh_platform::jwt::AccessClaims;
 use tokio::sync::RwLock;
 
 use crate::revocations::RevocationList;
+use crate::verified_tokens::VerifiedTokens;
 
 const MIN_REFRESH: Duration = Duration::from_secs(5);
 const MAX_AGE: Duration = Duration::from_secs(300);
 const LEEWAY_SECS: u64 = 30;
-/// Tokens remembered as verified. A client repeats its token on every call; a lookup is far
-/// cheaper than an Ed25519 verification. When full, the memory starts over.
+/// Tokens remembered as verified (see [`VerifiedTokens`]).
 const VERIFIED_CAPACITY: usize = 10_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub struct Verifier {
     revocations: RevocationList,
     keys: RwLock<Keys>,
     validation: Validation,
-    verified: std::sync::RwLock<HashMap<String, AccessClaims>>,
+    verified: VerifiedTokens,
     refresh_failures: prometheus_client::metrics::counter::Counter,
 }
 
@@ -70,7 +71,7 @@ impl Verifier {
                 fetched: None,
             }),
             validation: validation(issuer, audience),
-            verified: std::sync::RwLock::new(HashMap::new()),
+            verified: VerifiedTokens::new(VERIFIED_CAPACITY, LEEWAY_SECS as i64),
             refresh_failures: Default::default(),
         }
     }
@@ -82,25 +83,6 @@ impl Verifier {
     ) -> Self {
         self.refresh_failures = counter;
         self
-    }
-
-    /// A token verified before whose `exp` and `nbf` still hold now. A key rotated out of the
-    /// JWKS keeps vouching for its tokens until they expire (at most the access-token TTL).
-    fn already_verified(&self, token: &str) -> Option<AccessClaims> {
-        let verified = self.verified.read().ok()?;
-        let claims = verified.get(token)?;
-        let now = ordermesh_platform::store::now_unix();
-        let leeway = LEEWAY_SECS as i64;
-        (claims.exp + leeway >= now && claims.nbf - leeway <= now).then(|| claims.clone())
-    }
-
-    fn remember(&self, token: &str, claims: &AccessClaims) {
-        if let Ok(mut verified) = self.verified.write() {
-            if verified.len() >= VERIFIED_CAPACITY {
-                verified.clear();
-            }
-            verified.insert(token.to_string(), claims.clone());
-        }
     }
 
     /// The `Authorization: Bearer` token, if any.
@@ -182,7 +164,7 @@ impl Verifier {
         }
     }
 
-    pub async fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, AuthError> {
         let claims = self.verify_signed(token).await?;
         match self.revocations.refuses(&claims) {
             Some(why) => Err(AuthError::Revoked(why)),
@@ -190,8 +172,12 @@ impl Verifier {
         }
     }
 
-    async fn verify_signed(&self, token: &str) -> Result<AccessClaims, AuthError> {
-        if let Some(claims) = self.already_verified(token) {
+    /// A token verified before is taken from memory while its `exp` and `nbf` hold: a key
+    /// rotated out of the JWKS keeps vouching for its tokens until they expire (at most the
+    /// access-token TTL).
+    async fn verify_signed(&self, token: &str) -> Result<Arc<AccessClaims>, AuthError> {
+        let now = ordermesh_platform::store::now_unix();
+        if let Some(claims) = self.verified.get(token, now) {
             return Ok(claims);
         }
         let kid = token_kid(token)?;
@@ -202,8 +188,8 @@ impl Verifier {
             key = self.keys.read().await.by_kid.get(&kid).cloned();
         }
         let key = key.ok_or(AuthError::UnknownKey)?;
-        let claims = decode_claims(token, &key, &self.validation)?;
-        self.remember(token, &claims);
+        let claims = Arc::new(decode_claims(token, &key, &self.validation)?);
+        self.verified.insert(token, claims.clone(), now);
         Ok(claims)
     }
 }

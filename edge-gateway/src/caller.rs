@@ -122,7 +122,7 @@ impl Gateway {
         }
         tracing::Span::current().record("enduser.id", claims.sub.as_str());
         Ok(Caller {
-            claims: Some(Arc::new(claims)),
+            claims: Some(claims),
         })
     }
 }

@@ -25,6 +25,7 @@ pub mod routes;
 pub mod server;
 pub mod transcode;
 pub mod transcoded;
+pub mod verified_tokens;
 
 pub use config::GatewayConfig;
 pub use server::Gateway;
