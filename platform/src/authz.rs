@@ -21,7 +21,7 @@ use ordermesh_contracts::options::Audience;
 
 use crate::config::MtlsMode;
 use crate::identity::WorkloadId;
-use crate::user_context;
+use crate::user_context::{self, UserContext};
 
 /// The verified mesh identity of the caller, put in the request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,15 +55,16 @@ impl AuthzPolicy {
     /// Decides whether `caller` may call `path`; `Err` carries the status to answer with.
     /// A call forwarded for a signed-in user must also meet the method's audience: a
     /// `USER` method needs a user, an `ADMIN` method a user with the admin role.
+    /// On success, the user the call is made for, if a trusted forwarder named one.
     pub fn check_request(
         &self,
         caller: &WorkloadId,
         path: &str,
         headers: &http::HeaderMap,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<UserContext>, Status> {
         self.check(caller, path)?;
         let Some(method) = descriptors::method_by_path(path) else {
-            return Ok(());
+            return Ok(None);
         };
         let forwarded_user = headers.get(user_context::USER_ID_KEY).is_some();
         let forwarder = user_context::TRUSTED_FORWARDERS.contains(&caller.service_account.as_str());
@@ -74,7 +75,7 @@ impl AuthzPolicy {
             )));
         }
         if !forwarder {
-            return Ok(());
+            return Ok(None);
         }
         let roles = headers
             .get(user_context::USER_ROLES_KEY)
@@ -98,7 +99,7 @@ impl AuthzPolicy {
             Audience::Internal if forwarded_user => Err(Status::permission_denied(
                 "this method is not reachable from outside the mesh",
             )),
-            _ => Ok(()),
+            _ => UserContext::from_headers(headers),
         }
     }
 
@@ -201,13 +202,17 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let decision = self.policy.caller_of(&req).and_then(|caller| {
-            self.policy
+            let user = self
+                .policy
                 .check_request(&caller, req.uri().path(), req.headers())?;
-            Ok(caller)
+            Ok((caller, user))
         });
         match decision {
-            Ok(caller) => {
+            Ok((caller, user)) => {
                 req.extensions_mut().insert(CallerIdentity(caller));
+                if let Some(user) = user {
+                    req.extensions_mut().insert(user);
+                }
                 // Take the service that was driven to readiness, leave a fresh clone behind.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);

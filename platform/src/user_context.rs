@@ -1,11 +1,11 @@
 //! The signed-in user on whose behalf a mesh call is made. The gateway verifies the user's
-//! JWT and forwards the user id and roles as metadata; services believe that metadata only
-//! from a mesh identity allowed to forward it.
+//! JWT and forwards the user id and roles as metadata; the authorization layer believes that
+//! metadata only from a mesh identity allowed to forward it, and hands handlers the typed
+//! context as a request extension.
 
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
-use crate::authz::CallerIdentity;
 use crate::identity::workloads;
 
 pub const USER_ID_KEY: &str = "x-ordermesh-user-id";
@@ -78,21 +78,12 @@ impl UserContext {
         Ok(())
     }
 
-    /// The user a request is made for: `Ok(None)` when none is named, an error when one is
-    /// named by a caller that may not forward users.
-    pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Option<Self>, Status> {
-        let md = req.metadata();
-        let Some(raw_id) = md.get(USER_ID_KEY) else {
+    /// The user forwarded metadata names (`Ok(None)` when none), or why it is unusable.
+    /// Only the authorization layer calls this, once it knows the caller may forward users.
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Option<Self>, Status> {
+        let Some(raw_id) = headers.get(USER_ID_KEY) else {
             return Ok(None);
         };
-        let forwarder = CallerIdentity::of(req)
-            .map(|id| id.service_account.as_str())
-            .unwrap_or_default();
-        if !TRUSTED_FORWARDERS.contains(&forwarder) {
-            return Err(Status::permission_denied(format!(
-                "workload {forwarder:?} may not act on behalf of users"
-            )));
-        }
         let user_id = raw_id
             .to_str()
             .map_err(|_| Status::invalid_argument("x-ordermesh-user-id is not ASCII"))?
@@ -100,12 +91,18 @@ impl UserContext {
         if user_id.is_empty() {
             return Err(Status::unauthenticated("empty user id"));
         }
-        let roles = md
+        let roles = headers
             .get(USER_ROLES_KEY)
             .and_then(|v| v.to_str().ok())
             .map(decode_roles)
             .unwrap_or_default();
         Ok(Some(Self { user_id, roles }))
+    }
+
+    /// The user a request is made for, as the authorization layer established it (`None`
+    /// when none is named).
+    pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Option<Self>, Status> {
+        Ok(req.extensions().get::<Self>().cloned())
     }
 
     /// Like [`Self::from_request`], but a user is required.
@@ -137,30 +134,29 @@ mod tests {
             vec!["user".to_string()]
         );
     }
-    use crate::identity::WorkloadId;
-
-    fn request_from(workload: &str, ctx: &UserContext) -> tonic::Request<()> {
-        let mut req = tonic::Request::new(());
-        ctx.inject(req.metadata_mut()).unwrap();
-        req.extensions_mut().insert(CallerIdentity(WorkloadId::new(
-            "cluster.local",
-            "ordermesh",
-            workload,
-        )));
-        req
-    }
-
     #[test]
-    fn trusts_the_gateway_only() {
+    fn the_headers_the_gateway_writes_read_back_as_the_same_user() {
         let ctx = UserContext {
             user_id: "u1".into(),
             roles: vec!["user".into(), "admin".into()],
         };
-        let got = UserContext::require(&request_from("edge-gateway", &ctx)).unwrap();
-        assert_eq!(got, ctx);
-        assert!(got.is_admin());
-        let err = UserContext::require(&request_from("order-service", &ctx)).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let mut md = MetadataMap::new();
+        ctx.inject(&mut md).unwrap();
+        let headers = md.into_headers();
+        assert_eq!(
+            UserContext::from_headers(&headers).unwrap(),
+            Some(ctx.clone())
+        );
+        let mut empty = http::HeaderMap::new();
+        assert_eq!(UserContext::from_headers(&empty).unwrap(), None);
+        empty.insert(USER_ID_KEY, http::HeaderValue::from_static(""));
+        assert_eq!(
+            UserContext::from_headers(&empty).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(ctx.clone());
+        assert_eq!(UserContext::require(&req).unwrap(), ctx);
     }
 
     #[test]
