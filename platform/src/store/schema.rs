@@ -22,6 +22,7 @@ pub enum StoreConfig {
     /// `<table_prefix><table>` in DynamoDB.
     DynamoDb(DynamoSettings),
     /// Another configuration's tables behind injected failures (fault tests).
+    #[cfg(any(test, feature = "faults"))]
     Faulty {
         inner: Box<StoreConfig>,
         faults: super::faults::Faults,
@@ -65,6 +66,7 @@ impl StoreConfig {
                     format!("{}{table}", settings.table_prefix),
                 )))
             }
+            #[cfg(any(test, feature = "faults"))]
             Self::Faulty { inner, faults } => {
                 let inner = Box::pin(inner.open(table)).await?;
                 Ok(Table::Faulty(std::sync::Arc::new(
@@ -80,6 +82,7 @@ impl StoreConfig {
         match self {
             Self::Embedded { data_dir } => Some(data_dir),
             Self::DynamoDb(_) => None,
+            #[cfg(any(test, feature = "faults"))]
             Self::Faulty { inner, .. } => inner.embedded_dir(),
         }
     }
@@ -89,6 +92,7 @@ impl StoreConfig {
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         match self {
             Self::Embedded { .. } => Ok(Vec::new()),
+            #[cfg(any(test, feature = "faults"))]
             Self::Faulty { inner, .. } => Box::pin(inner.create_tables()).await,
             Self::DynamoDb(settings) => {
                 let client = dynamodb::client(settings).await;

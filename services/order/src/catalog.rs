@@ -89,9 +89,7 @@ pub struct Catalog {
     stock_turns: Arc<KeyLocks>,
 }
 
-fn now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(std::time::SystemTime::now())
-}
+use ordermesh_platform::clock::timestamp as now;
 
 impl Catalog {
     pub fn new(table: Table) -> Self {

@@ -71,14 +71,16 @@ pub struct OrderSaga {
     leases: Leases,
 }
 
-fn now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(std::time::SystemTime::now())
+use ordermesh_platform::clock::timestamp as now;
+use ordermesh_platform::identity::workloads;
+
+/// The saga's own moves (a charge settled or declined) are made by order-service itself.
+fn self_actor() -> String {
+    format!("workloads/{}", workloads::ORDER)
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    ordermesh_platform::clock::unix_millis().max(0) as u64
 }
 
 fn pending_write(kind: &str, id: &str) -> Write {
@@ -119,7 +121,7 @@ impl OrderSaga {
         Self {
             leases: Leases::new(
                 orders.table().clone(),
-                Leases::replica_owner("order-service"),
+                Leases::replica_owner(workloads::ORDER),
             ),
             orders,
             catalog,
@@ -275,9 +277,8 @@ impl OrderSaga {
                 self.event(&order, &format!("users/{user}"), "order.created"),
             ];
             batch.append(&mut writes);
-            match self.orders.table().write(batch).await {
+            match self.outbox.commit(self.orders.table().write(batch)).await {
                 Ok(_) => {
-                    self.outbox.notify();
                     placed = Some(id);
                     break;
                 }
@@ -316,7 +317,7 @@ impl OrderSaga {
                     &[OrderState::PendingPayment],
                     OrderState::Confirmed,
                     "order.confirmed",
-                    "workloads/order-service",
+                    &self_actor(),
                     |rec| {
                         if let Some(o) = rec.order.as_mut() {
                             o.payment = payment.clone();
@@ -332,7 +333,7 @@ impl OrderSaga {
                     id,
                     &[OrderState::PendingPayment],
                     &reason,
-                    "workloads/order-service",
+                    &self_actor(),
                     false,
                 )
                 .await
@@ -398,11 +399,8 @@ impl OrderSaga {
         let order = rec.order.clone().unwrap_or_default();
         writes.insert(0, Orders::put(&rec, Some(version)));
         writes.push(self.event(&order, actor, action));
-        match self.orders.table().write(writes).await {
-            Ok(_) => {
-                self.outbox.notify();
-                Ok(Ok(order))
-            }
+        match self.outbox.commit(self.orders.table().write(writes)).await {
+            Ok(_) => Ok(Ok(order)),
             Err(e) => Ok(Err(e)),
         }
     }
