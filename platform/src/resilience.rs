@@ -38,8 +38,9 @@ const RETRY_WINDOW: Duration = Duration::from_secs(10);
 const RETRY_MIN_PER_SEC: u32 = 5;
 const RETRY_RATIO: f32 = 0.2;
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-/// The deadline of a call that names none.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// The deadline of a call that names none: a guard against a call hanging for ever, not a
+/// latency target (the mesh's own callers each set theirs: the gateway, the saga, the relay).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
