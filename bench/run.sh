@@ -18,6 +18,12 @@ if [ "$what" = run ] && ! command -v wrk >/dev/null; then
   }
 fi
 
+peer=()
+if [ "$what" = run ] && [ "${ORDERMESH_BENCH_PEER:-1}" = 1 ]; then
+  # grpc-gateway, side by side (ORDERMESH_BENCH_PEER=0 leaves it out).
+  peer=(--grpc-gateway "$(bash bench/grpc-gateway-peer.sh | tail -n1)")
+fi
+
 cargo build --release --locked -p ordermesh -p ordermesh-bench
 exec "$CARGO_TARGET_DIR/release/ordermesh-bench" "$what" \
-  --ordermesh "$CARGO_TARGET_DIR/release/ordermesh" "$@"
+  --ordermesh "$CARGO_TARGET_DIR/release/ordermesh" "${peer[@]}" "$@"

@@ -7,10 +7,9 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PROBE: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n";
-
-async fn probe(stream: &mut TcpStream) -> anyhow::Result<()> {
-    stream.write_all(PROBE).await?;
+async fn probe(stream: &mut TcpStream, path: &str) -> anyhow::Result<()> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
     // /healthz answers with a short body; the whole response fits in a read or two.
@@ -39,28 +38,42 @@ async fn probe(stream: &mut TcpStream) -> anyhow::Result<()> {
 
 pub struct IdleConnections {
     streams: Vec<TcpStream>,
+    probe: String,
 }
 
 impl IdleConnections {
+    /// `count` keep-alive connections to the edge gateway, each proven with `/healthz`.
     pub async fn open(addr: SocketAddr, count: usize) -> anyhow::Result<Self> {
+        Self::open_probing(addr, count, "/healthz").await
+    }
+
+    /// The same, proven with a GET of `probe` (a server's own health path).
+    pub async fn open_probing(
+        addr: SocketAddr,
+        count: usize,
+        probe_path: &str,
+    ) -> anyhow::Result<Self> {
         let mut streams = Vec::with_capacity(count);
         for i in 0..count {
             let mut s = TcpStream::connect(addr)
                 .await
                 .with_context(|| format!("connection {i}"))?;
-            probe(&mut s)
+            probe(&mut s, probe_path)
                 .await
                 .with_context(|| format!("connection {i}"))?;
             streams.push(s);
         }
-        Ok(Self { streams })
+        Ok(Self {
+            streams,
+            probe: probe_path.to_string(),
+        })
     }
 
     /// How many of the connections still answer on the same socket.
     pub async fn still_alive(&mut self) -> usize {
         let mut alive = 0;
         for s in &mut self.streams {
-            if probe(s).await.is_ok() {
+            if probe(s, &self.probe).await.is_ok() {
                 alive += 1;
             }
         }

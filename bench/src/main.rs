@@ -7,9 +7,11 @@ mod grpc_load;
 mod hello;
 mod idle;
 mod measure;
+mod open_loop;
 mod processes;
 mod report;
 mod rounds;
+mod side_by_side;
 mod soak;
 mod wrk;
 
@@ -67,6 +69,15 @@ enum Cmd {
         /// Seconds of load per run within a round.
         #[arg(long, default_value_t = 3)]
         round_secs: u64,
+        /// The grpc-gateway peer (`bench/grpc-gateway-peer.sh` builds it) to measure side by
+        /// side with the edge gateway; without it that comparison is left out.
+        #[arg(long)]
+        grpc_gateway: Option<PathBuf>,
+        /// Alternating rounds of the side-by-side comparison, and seconds of load in each.
+        #[arg(long, default_value_t = 4)]
+        side_rounds: usize,
+        #[arg(long, default_value_t = 10)]
+        side_secs: u64,
     },
     /// Soak at a fixed rate, then check the per-user rate limit; results go to RELIABILITY.md.
     Soak {
@@ -155,8 +166,14 @@ fn main() -> anyhow::Result<()> {
             think_ms,
             rounds,
             round_secs,
+            grpc_gateway,
+            side_rounds,
+            side_secs,
         } => {
             let settings = Settings {
+                grpc_gateway,
+                side_rounds,
+                side: Duration::from_secs(side_secs),
                 ordermesh,
                 duration: Duration::from_secs(duration),
                 concurrency,
@@ -174,6 +191,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 struct Settings {
+    grpc_gateway: Option<PathBuf>,
+    side_rounds: usize,
+    side: Duration,
     ordermesh: PathBuf,
     duration: Duration,
     concurrency: Vec<usize>,
@@ -359,6 +379,24 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
     }
 
     report.hop_rounds = hop_rounds;
+    if let Some(peer) = &settings.grpc_gateway {
+        let c = *settings.concurrency.last().unwrap_or(&64);
+        let sku = fixture.skus.first().context("a product to read")?;
+        report.side_by_side = Some(
+            side_by_side::run(
+                &mesh,
+                gateway_proc,
+                peer,
+                &dir,
+                sku,
+                c,
+                settings.side_rounds,
+                settings.side,
+                settings.idle,
+            )
+            .await?,
+        );
+    }
     let last = *settings.concurrency.last().unwrap_or(&64);
     report.revocation = Some(revocation_cost(
         report

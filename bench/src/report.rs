@@ -53,6 +53,7 @@ pub struct Report {
     pub round: Duration,
     pub hop_rounds: Vec<HopRounds>,
     pub revocation: Option<RevocationCost>,
+    pub side_by_side: Option<crate::side_by_side::SideBySide>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -119,6 +120,7 @@ impl Report {
             round: Duration::ZERO,
             hop_rounds: Vec::new(),
             revocation: None,
+            side_by_side: None,
         }
     }
 
@@ -253,6 +255,9 @@ impl Report {
         }
         s.push_str(&self.rounds());
         s.push_str(&self.ratios());
+        if let Some(side) = &self.side_by_side {
+            s.push_str(&side.markdown());
+        }
         let _ = writeln!(s, "\n{END}");
         s
     }

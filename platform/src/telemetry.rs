@@ -51,6 +51,9 @@ pub enum LogFormat {
 
 /// Installs the global subscriber, propagator and tracer provider. Must run inside a Tokio
 /// runtime (the OTLP exporter needs one).
+/// Log lines waiting for the writer thread, at most.
+const LOG_QUEUE_LINES: usize = 8192;
+
 pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
     init_roles(service_name, &[], format)
 }
@@ -104,8 +107,17 @@ pub fn init_roles(
     });
     // Log lines (an access line per request among them) are written by a thread of their own,
     // so a slow stdout never holds a request; when its queue is full, lines are dropped
-    // rather than requests delayed.
-    let (writer, logs) = tracing_appender::non_blocking(std::io::stdout());
+    // rather than requests delayed. The queue is allocated whole up front: tracing-appender's
+    // default of 128,000 lines is 4 MiB of every process's RSS; 8,192 lines is seconds of
+    // access lines at full load. The writer thread takes what has queued up and writes it
+    // with one call (it flushes after each batch), not a write per line.
+    let (writer, logs) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
