@@ -9,7 +9,8 @@ use ordermesh_contracts::options::Audience;
 use crate::limits::RouteClass;
 use crate::routes::{Resolved, Route};
 
-/// Endpoints the gateway composes itself, as ordinary axum routes, with who may call them.
+/// Endpoints the gateway composes itself, as ordinary axum routes (GET only), with who may
+/// call them.
 pub const COMPOSITES: &[(&str, Audience)] = &[(crate::overview::PATH, crate::overview::AUDIENCE)];
 
 /// A request's endpoint, as a request extension.
@@ -29,11 +30,21 @@ impl Endpoint {
         if let Some(matched) = req.extensions().get::<MatchedPath>()
             && let Some((path, audience)) = COMPOSITES.iter().find(|(p, _)| *p == matched.as_str())
         {
+            // Another method is answered 405 by the route itself, whoever asks.
+            let readable = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
             return Self {
                 template: path,
-                audience: *audience,
+                audience: if readable {
+                    *audience
+                } else {
+                    Audience::Public
+                },
                 class: RouteClass::Default,
-                resolved: Resolved::Composite,
+                resolved: if readable {
+                    Resolved::Composite
+                } else {
+                    Resolved::WrongMethod(vec![http::Method::GET])
+                },
             };
         }
         let resolved = crate::routes::resolve(routes, req.method(), req.uri().path());

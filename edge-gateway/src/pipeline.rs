@@ -148,3 +148,146 @@ async fn request_timeout(
         .into_response_with(request_id.as_str()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use ordermesh_platform::client::ChannelFactory;
+    use ordermesh_platform::config::{MeshConfig, MtlsMode};
+    use ordermesh_platform::metrics::Metrics;
+    use tower::ServiceExt;
+
+    use crate::auth::Verifier;
+    use crate::backends::Backends;
+    use crate::config::GatewayConfig;
+    use crate::gateway_metrics::GatewayMetrics;
+    use crate::limits::Limit;
+    use crate::request_id::REQUEST_ID;
+    use crate::server::Gateway;
+
+    /// A gateway whose backends are nowhere (nothing here reaches one).
+    fn gateway(config: GatewayConfig) -> Arc<Gateway> {
+        let metrics = Arc::new(Metrics::new());
+        let mesh = MeshConfig {
+            trust_domain: MeshConfig::DEFAULT_TRUST_DOMAIN.into(),
+            namespace: MeshConfig::DEFAULT_NAMESPACE.into(),
+            mtls_mode: MtlsMode::Istio,
+            tls: None,
+        };
+        let channels = ChannelFactory::new(&mesh, metrics.clone()).unwrap();
+        let users = ordermesh_contracts::user::user_service_client::UserServiceClient::new(
+            channels
+                .channel("user-service", "http://127.0.0.1:1")
+                .unwrap(),
+        );
+        let backends = Backends::new(config.deadline, GatewayMetrics::registered(&metrics));
+        let verifier = Verifier::new(users, "issuer", "audience");
+        Arc::new(Gateway::new(config, backends, verifier, metrics).unwrap())
+    }
+
+    async fn call(
+        gw: &Arc<Gateway>,
+        req: Request<Body>,
+    ) -> (http::response::Parts, serde_json::Value) {
+        let res = gw.clone().router().oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (parts, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_a_request_id_and_the_security_headers() {
+        let gw = gateway(GatewayConfig::default());
+        let (parts, body) = call(&gw, get("/v1/nothing-here")).await;
+        assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        assert_eq!(parts.headers["content-type"], "application/problem+json");
+        let id = parts.headers[REQUEST_ID].to_str().unwrap().to_string();
+        assert_eq!(
+            body["requestId"],
+            id.as_str(),
+            "the problem names the same id"
+        );
+        assert!(parts.headers.contains_key("x-content-type-options"));
+        assert!(
+            parts.headers.contains_key("ratelimit-remaining"),
+            "even a 404 drew on the address's budget"
+        );
+        let mut sane = get("/healthz");
+        sane.headers_mut()
+            .insert(REQUEST_ID, "client-chose-this".parse().unwrap());
+        let (parts, _) = call(&gw, sane).await;
+        assert_eq!(parts.headers[REQUEST_ID], "client-chose-this");
+        let mut insane = get("/healthz");
+        insane
+            .headers_mut()
+            .insert(REQUEST_ID, "has spaces in it".parse().unwrap());
+        let (parts, _) = call(&gw, insane).await;
+        assert_ne!(parts.headers[REQUEST_ID], "has spaces in it");
+    }
+
+    #[tokio::test]
+    async fn authentication_answers_before_any_backend_is_called() {
+        let gw = gateway(GatewayConfig::default());
+        let (parts, body) = call(&gw, get("/v1/me/overview")).await;
+        assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(parts.headers["www-authenticate"], "Bearer");
+        assert_eq!(body["type"], "urn:ordermesh:problem:unauthenticated");
+        let mut forged = get("/v1/orders");
+        forged
+            .headers_mut()
+            .insert("authorization", "Bearer not.a.token".parse().unwrap());
+        let (parts, _) = call(&gw, forged).await;
+        assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
+        let (parts, _) = call(
+            &gw,
+            Request::post("/v1/me/overview")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(parts.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(parts.headers["allow"], "GET, HEAD");
+    }
+
+    #[tokio::test]
+    async fn the_address_limit_refuses_with_retry_after_once_spent() {
+        let gw = gateway(GatewayConfig {
+            rate_address: Limit {
+                per_minute: 1,
+                burst: 2,
+            },
+            ..Default::default()
+        });
+        for _ in 0..2 {
+            let (parts, _) = call(&gw, get("/v1/nothing-here")).await;
+            assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        }
+        let (parts, body) = call(&gw, get("/v1/nothing-here")).await;
+        assert_eq!(parts.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(parts.headers.contains_key("retry-after"));
+        assert_eq!(parts.headers["ratelimit-remaining"], "0");
+        assert_eq!(body["type"], "urn:ordermesh:problem:rate-limited");
+    }
+
+    #[tokio::test]
+    async fn past_the_concurrency_limit_requests_are_shed_at_once() {
+        let gw = gateway(GatewayConfig {
+            max_in_flight: 0,
+            ..Default::default()
+        });
+        let (parts, body) = call(&gw, get("/v1/products")).await;
+        assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(parts.headers["retry-after"], "1");
+        assert_eq!(body["type"], "urn:ordermesh:problem:unavailable");
+        // The gateway's own endpoints are outside the limit.
+        let (parts, _) = call(&gw, get("/healthz")).await;
+        assert_eq!(parts.status, StatusCode::OK);
+    }
+}

@@ -615,6 +615,14 @@ mod tests {
     }
 
     impl ScriptedPayments {
+        fn next_charge(&self, answer: Result<Payment, Status>) {
+            self.charges.lock().unwrap().push_back(answer);
+        }
+
+        fn next_refund(&self, answer: Result<Payment, Status>) {
+            self.refunds.lock().unwrap().push_back(answer);
+        }
+
         fn answer(queue: &Mutex<VecDeque<Result<Payment, Status>>>) -> Result<Payment, Status> {
             queue
                 .lock()
@@ -706,11 +714,7 @@ mod tests {
     #[tokio::test]
     async fn a_charged_order_is_confirmed_with_its_payment_and_stock_reserved() {
         let f = fixture().await;
-        f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(paid("payments/p1"));
+        f.payments.next_charge(paid("payments/p1"));
         let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         assert_eq!(order.state, OrderState::Confirmed as i32);
         assert_eq!(order.payment, "payments/p1");
@@ -723,11 +727,7 @@ mod tests {
     #[tokio::test]
     async fn the_same_key_places_one_order_and_charges_once() {
         let f = fixture().await;
-        f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(paid("payments/p1"));
+        f.payments.next_charge(paid("payments/p1"));
         let first = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         let again = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         assert_eq!(first.name, again.name);
@@ -739,10 +739,7 @@ mod tests {
     async fn a_declined_charge_cancels_the_order_and_puts_the_stock_back() {
         let f = fixture().await;
         f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(Err(Status::failed_precondition("insufficient funds")));
+            .next_charge(Err(Status::failed_precondition("insufficient funds")));
         let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         assert_eq!(order.state, OrderState::Cancelled as i32);
         assert!(
@@ -758,20 +755,13 @@ mod tests {
     async fn an_unknown_charge_outcome_stays_pending_until_the_re_driver_settles_it() {
         let f = fixture().await;
         f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(Err(Status::unavailable("payment-service is down")));
+            .next_charge(Err(Status::unavailable("payment-service is down")));
         let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         assert_eq!(order.state, OrderState::PendingPayment as i32);
         assert_eq!(stock(&f, "MUG-001").await, 98, "still reserved");
         assert_eq!(pending(&f).await, vec!["pay".to_string()]);
         // The re-driver's attempt: the same key, so payment-service charges at most once.
-        f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(paid("payments/p1"));
+        f.payments.next_charge(paid("payments/p1"));
         let settled = f.saga.settle_charge(id_of(&order)).await.unwrap();
         assert_eq!(settled.state, OrderState::Confirmed as i32);
         assert!(pending(&f).await.is_empty());
@@ -785,18 +775,11 @@ mod tests {
     #[tokio::test]
     async fn cancelling_a_paid_order_refunds_it_once_even_when_the_first_refund_fails() {
         let f = fixture().await;
-        f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(paid("payments/p1"));
+        f.payments.next_charge(paid("payments/p1"));
         let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         let id = id_of(&order).to_string();
         f.payments
-            .refunds
-            .lock()
-            .unwrap()
-            .push_back(Err(Status::unavailable("payment-service is down")));
+            .next_refund(Err(Status::unavailable("payment-service is down")));
         let cancelled = f.saga.cancel(&id, "", "users/u1").await.unwrap();
         assert_eq!(cancelled.state, OrderState::Cancelled as i32);
         assert_eq!(stock(&f, "MUG-001").await, 100);
@@ -805,11 +788,7 @@ mod tests {
             vec!["refund".to_string()],
             "the refund is owed"
         );
-        f.payments
-            .refunds
-            .lock()
-            .unwrap()
-            .push_back(paid("payments/p1"));
+        f.payments.next_refund(paid("payments/p1"));
         f.saga.settle_refund(&id).await.unwrap();
         assert!(pending(&f).await.is_empty());
         f.saga.settle_refund(&id).await.unwrap();
@@ -833,10 +812,7 @@ mod tests {
     async fn illegal_transitions_are_refused() {
         let f = fixture().await;
         f.payments
-            .charges
-            .lock()
-            .unwrap()
-            .push_back(Err(Status::failed_precondition("declined")));
+            .next_charge(Err(Status::failed_precondition("declined")));
         let order = f.saga.place("u1", &two_mugs(), "EUR", "k1").await.unwrap();
         let shipped = f.saga.ship(id_of(&order), "workloads/admin").await;
         assert!(
