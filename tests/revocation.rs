@@ -159,3 +159,91 @@ async fn revoked_access_tokens_are_refused_within_seconds() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_ends_every_session_and_keeps_the_caller_signed_in() {
+    let certs = TestCerts::new();
+    let mesh = SignInMesh::start(
+        &certs,
+        GatewayConfig {
+            revocation_poll: Duration::from_millis(500),
+            rate_account: Limit {
+                per_minute: 6000,
+                burst: 1000,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let gateway = &mesh.gateway;
+    let anon = gateway.anonymous();
+    let old_password = "correct horse battery";
+    let new_password = "a brand new passphrase";
+    let sign_in = |password: &'static str| {
+        let anon = gateway.anonymous();
+        async move {
+            let r = anon
+                .post(
+                    "/v1/auth/login",
+                    json!({"email": "pw@example.com", "password": password}),
+                )
+                .await;
+            (r.status, r.json())
+        }
+    };
+    gateway.new_user("pw@example.com").await;
+    let (_, first) = sign_in(old_password).await;
+    let (_, second) = sign_in(old_password).await;
+    let api = anon.with_token(first["accessToken"].as_str().unwrap());
+    let other = anon.with_token(second["accessToken"].as_str().unwrap());
+    let change = |current: &str, new: &str| {
+        api.post(
+            "/v1/users/me:changePassword",
+            json!({"currentPassword": current, "newPassword": new}),
+        )
+    };
+
+    // The wrong current password, or a new one that breaks the rules: 400, nothing changes.
+    let wrong = change("not the password at all", new_password).await;
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    assert_eq!(wrong.json()["violations"][0]["field"], "current_password");
+    let short = change(old_password, "short").await;
+    assert_eq!(short.status, 400, "{}", short.text());
+    assert_eq!(api.get("/v1/users/me").await.status, 200);
+
+    let changed = change(old_password, new_password).await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    let pair = changed.json();
+    let renewed = anon.with_token(pair["accessToken"].as_str().unwrap());
+
+    // Every earlier session ends: refresh tokens at once, access tokens within the poll.
+    for session in [&first, &second] {
+        let refreshed = anon
+            .post(
+                "/v1/auth/refresh",
+                json!({"refreshToken": session["refreshToken"]}),
+            )
+            .await;
+        assert_eq!(refreshed.status, 401, "{}", refreshed.text());
+    }
+    let other_stopped = refused_after(&other, "/v1/users/me").await;
+    let own_stopped = refused_after(&api, "/v1/users/me").await;
+    assert!(
+        other_stopped < Duration::from_secs(5) && own_stopped < Duration::from_secs(5),
+        "{other_stopped:?} {own_stopped:?}"
+    );
+    // The caller stays signed in with the new session, which refreshes as any other.
+    assert_eq!(renewed.get("/v1/users/me").await.status, 200);
+    let refreshed = anon
+        .post(
+            "/v1/auth/refresh",
+            json!({"refreshToken": pair["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+
+    // The old password no longer signs in; the new one does.
+    assert_eq!(sign_in(old_password).await.0, 401);
+    assert_eq!(sign_in(new_password).await.0, 200);
+    mesh.stop().await;
+}

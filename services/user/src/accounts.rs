@@ -6,7 +6,7 @@ use std::time::Duration;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use ordermesh_contracts::user::revocation::Kind;
-use ordermesh_platform::clock::timestamp;
+use ordermesh_platform::clock::{timestamp, unix_millis};
 use ordermesh_platform::identity::workloads;
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::status::Violations;
@@ -214,6 +214,7 @@ impl Accounts {
             password_hash: hashed(password).await?,
             create_time: Some(timestamp()),
             update_time: Some(timestamp()),
+            sessions_not_before_ms: 0,
         };
         let actor = if roles.contains(&ROLE_ADMIN) {
             format!("workloads/{}", workloads::USER)
@@ -290,6 +291,52 @@ impl Accounts {
             tracing::warn!(error = %e, "could not clear failed sign-ins");
         }
         Ok(user)
+    }
+
+    /// Sets a new password once `current` proves the account (failed proofs count towards the
+    /// same lock as failed sign-ins). Every session opened before ends: its refresh token is
+    /// refused from now on, and its access tokens once the gateway follows the revocation.
+    pub async fn change_password(
+        &self,
+        id: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<UserRecord, UserError> {
+        let (mut record, version) = self.store.get(id).await?.ok_or(UserError::NotFound)?;
+        let mut v = Violations::new();
+        check_password(&mut v, new, &record.email);
+        v.check(
+            new != current,
+            "new_password",
+            "must differ from the current password",
+        );
+        checked(v)?;
+        if let Some(wait) = self.throttle.locked_for(&record.email).await? {
+            return Err(UserError::Throttled(wait));
+        }
+        let (pw, hash) = (current.to_string(), record.password_hash.clone());
+        if !password_work(move || verify_password(&pw, &hash)).await? {
+            if let Err(e) = self.throttle.failed(&record.email).await {
+                tracing::warn!(error = %e, "could not count a failed password proof");
+            }
+            return Err(UserError::invalid(
+                "current_password",
+                "is not the account's password",
+            ));
+        }
+        record.password_hash = hashed(new).await?;
+        record.update_time = Some(timestamp());
+        record.sessions_not_before_ms = unix_millis();
+        let who = format!("users/{id}");
+        let event = self.outbox.event(&who, "user.password_changed", &who);
+        let writes = vec![
+            self.outbox.write(event),
+            revocations::write(Kind::User, &record.id, self.access_ttl),
+        ];
+        self.outbox
+            .commit(self.store.update(&record, version, writes))
+            .await?;
+        Ok(record)
     }
 
     pub async fn get(&self, id: &str) -> Result<UserRecord, UserError> {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use ordermesh_contracts::user::user_service_server::{UserService, UserServiceServer};
 use ordermesh_contracts::user::{
-    CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks, ListRevocationsRequest,
-    ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse, RefreshTokenRequest,
-    Role, SetUserRolesRequest, TokenPair, UpdateUserRequest, User,
+    ChangePasswordRequest, CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks,
+    ListRevocationsRequest, ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse,
+    RefreshTokenRequest, Role, SetUserRolesRequest, TokenPair, UpdateUserRequest, User,
 };
 use ordermesh_platform::authz::CallerIdentity;
 use ordermesh_platform::outbox::Outbox;
@@ -245,6 +245,22 @@ impl UserService for UserServer {
             )
             .await?;
         Ok(Response::new(to_proto(&record)))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
+        let user = UserContext::from_request(&request)?;
+        let req = request.into_inner();
+        let id = resolve_name(&req.name, user.as_ref(), false)?;
+        let record = self
+            .accounts
+            .change_password(&id, &req.current_password, &req.new_password)
+            .await?;
+        Ok(Response::new(
+            self.sessions.open(&record, "user.logged_in").await?,
+        ))
     }
 
     async fn set_user_roles(

@@ -53,6 +53,17 @@ pub fn parse_token(token: &str) -> Option<(&str, &str)> {
     (uuid_like && secret_ok).then_some((id, secret))
 }
 
+/// When session `id` was opened (its id is a UUIDv7), in unix ms; 0 if it is not one.
+fn opened_ms(id: &str) -> i64 {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .and_then(|u| u.get_timestamp())
+        .map_or(0, |t| {
+            let (secs, nanos) = t.to_unix();
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        })
+}
+
 /// Sessions: opened at sign-in, rotated at each refresh, ended at logout or when a rotated
 /// token comes back (it leaked). Ending one also revokes its access tokens at the gateway.
 #[derive(Clone)]
@@ -111,7 +122,8 @@ impl Sessions {
         Ok((id.to_string(), secret.to_string(), session, version))
     }
 
-    /// A new pair for session `id` of `user_id`, whose next refresh secret is `secret`.
+    /// A new pair for session `id` of `user_id`, whose next refresh secret is `secret`,
+    /// unless the session began before the account ended its sessions (a password change).
     async fn pair_for(
         &self,
         user_id: &str,
@@ -123,6 +135,9 @@ impl Sessions {
             .get(user_id)
             .await?
             .ok_or(UserError::Session("the account no longer exists"))?;
+        if opened_ms(id) < user.sessions_not_before_ms {
+            return Err(UserError::Session("refresh token is expired or revoked"));
+        }
         self.tokens.pair(&user, id, secret)
     }
 

@@ -27,6 +27,9 @@ pub struct UserRecord {
     pub create_time: Option<prost_types::Timestamp>,
     #[prost(message, optional, tag = "7")]
     pub update_time: Option<prost_types::Timestamp>,
+    /// Sessions opened before this (unix ms) have ended: set when the password changes.
+    #[prost(int64, tag = "8")]
+    pub sessions_not_before_ms: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
