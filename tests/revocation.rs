@@ -36,14 +36,13 @@ async fn refused_after(api: &Api, path: &str) -> Duration {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_access_tokens_are_refused_within_seconds() {
-    let certs = TestCerts::new();
-    let mesh = SignInMesh::start(
-        &certs,
+/// A mesh whose gateway follows revocations every 500 ms and lets one address sign in
+/// often (these tests are about revocation, not limits).
+async fn fast_revocations(certs: &TestCerts) -> SignInMesh {
+    SignInMesh::start(
+        certs,
         GatewayConfig {
             revocation_poll: Duration::from_millis(500),
-            // Many sign-ins from one address here; this test is not about limits.
             rate_account: Limit {
                 per_minute: 6000,
                 burst: 1000,
@@ -51,7 +50,13 @@ async fn revoked_access_tokens_are_refused_within_seconds() {
             ..Default::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_access_tokens_are_refused_within_seconds() {
+    let certs = TestCerts::new();
+    let mesh = fast_revocations(&certs).await;
     let gateway = &mesh.gateway;
     let anon = gateway.anonymous();
     let password = "correct horse battery";
@@ -163,18 +168,7 @@ async fn revoked_access_tokens_are_refused_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_ends_every_session_and_keeps_the_caller_signed_in() {
     let certs = TestCerts::new();
-    let mesh = SignInMesh::start(
-        &certs,
-        GatewayConfig {
-            revocation_poll: Duration::from_millis(500),
-            rate_account: Limit {
-                per_minute: 6000,
-                burst: 1000,
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let mesh = fast_revocations(&certs).await;
     let gateway = &mesh.gateway;
     let anon = gateway.anonymous();
     let old_password = "correct horse battery";

@@ -329,6 +329,17 @@ impl Accounts {
         record.sessions_not_before_ms = unix_millis();
         let who = format!("users/{id}");
         let event = self.outbox.event(&who, "user.password_changed", &who);
+        self.update_revoking_tokens(record, version, event).await
+    }
+
+    /// Writes `record` with its audit `event` and, in the same write, a revocation of every
+    /// access token the user was issued before it (a role or password change).
+    async fn update_revoking_tokens(
+        &self,
+        record: UserRecord,
+        version: u64,
+        event: ordermesh_contracts::audit::AuditEvent,
+    ) -> Result<UserRecord, UserError> {
         let writes = vec![
             self.outbox.write(event),
             revocations::write(Kind::User, &record.id, self.access_ttl),
@@ -407,14 +418,7 @@ impl Accounts {
         event
             .attributes
             .insert("after".into(), record.roles.join(","));
-        let writes = vec![
-            self.outbox.write(event),
-            revocations::write(Kind::User, &record.id, self.access_ttl),
-        ];
-        self.outbox
-            .commit(self.store.update(&record, version, writes))
-            .await?;
-        Ok(record)
+        self.update_revoking_tokens(record, version, event).await
     }
 }
 
