@@ -8,11 +8,13 @@ const PROTO_ROOT: &str = "proto";
 const FILES: &[&str] = &[
     "ordermesh/options/v1/access.proto",
     "ordermesh/options/v1/field.proto",
+    "ordermesh/options/v1/http.proto",
     "ordermesh/type/v1/money.proto",
     "ordermesh/user/v1/user.proto",
     "ordermesh/order/v1/order.proto",
     "ordermesh/payment/v1/payment.proto",
     "ordermesh/audit/v1/audit.proto",
+    "ordermesh/notification/v1/notification.proto",
     "google/rpc/status.proto",
     "google/rpc/error_details.proto",
     "google/rpc/code.proto",

@@ -13,6 +13,7 @@ pub const SERVED_PACKAGES: &[&str] = &[
     "ordermesh.order.v1",
     "ordermesh.payment.v1",
     "ordermesh.audit.v1",
+    "ordermesh.notification.v1",
 ];
 
 /// One RPC as the contracts describe it.
@@ -35,6 +36,9 @@ pub struct MethodInfo {
     /// Safe to send twice: bound to HTTP GET, or marked `idempotency_level` NO_SIDE_EFFECTS
     /// or IDEMPOTENT (a write keyed by an idempotency key). Only these are ever retried.
     pub idempotent: bool,
+    /// The HTTP status of a successful answer (`ordermesh.options.v1.http_success_status`,
+    /// else 200).
+    pub success_status: u16,
     pub descriptor: MethodDescriptor,
 }
 
@@ -61,6 +65,7 @@ pub fn methods() -> &'static [MethodInfo] {
         let pool = pool();
         let http_ext = pool.get_extension_by_name("google.api.http");
         let access_ext = pool.get_extension_by_name("ordermesh.options.v1.access");
+        let status_ext = pool.get_extension_by_name("ordermesh.options.v1.http_success_status");
         let mut out = Vec::new();
         for service in pool.services() {
             if !SERVED_PACKAGES.contains(&service.package_name()) {
@@ -87,6 +92,13 @@ pub fn methods() -> &'static [MethodInfo] {
                             .and_then(|m| m.transcode_to::<AccessRule>().ok())
                     })
                     .unwrap_or_default();
+                let success_status = status_ext
+                    .as_ref()
+                    .filter(|ext| options.has_extension(ext))
+                    .and_then(|ext| options.get_extension(ext).as_u32())
+                    .and_then(|s| u16::try_from(s).ok())
+                    .filter(|s| (200..300).contains(s))
+                    .unwrap_or(200);
                 let declared = method
                     .method_descriptor_proto()
                     .options
@@ -108,6 +120,7 @@ pub fn methods() -> &'static [MethodInfo] {
                     server_streaming: method.is_server_streaming(),
                     client_streaming: method.is_client_streaming(),
                     idempotent: declared || get,
+                    success_status,
                     descriptor: method,
                 });
             }

@@ -47,9 +47,15 @@ pub mod ordermesh {
             tonic::include_proto!("ordermesh.audit.v1");
         }
     }
+    pub mod notification {
+        pub mod v1 {
+            tonic::include_proto!("ordermesh.notification.v1");
+        }
+    }
 }
 
 pub use ordermesh::audit::v1 as audit;
+pub use ordermesh::notification::v1 as notification;
 pub use ordermesh::options::v1 as options;
 pub use ordermesh::order::v1 as order;
 pub use ordermesh::payment::v1 as payment;

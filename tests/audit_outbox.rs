@@ -12,7 +12,7 @@ use ordermesh_contracts::audit::{
 };
 use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::identity::workloads;
-use ordermesh_platform::outbox::{self, Outbox};
+use ordermesh_platform::outbox::{self, Destination, Outbox};
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::{self, StoreConfig};
 use ordermesh_platform::store::{Condition, NewItem, Query, Table, Write};
@@ -49,17 +49,19 @@ async fn business_changes(table: &Table, outbox: &Outbox, from: usize, n: usize)
     for i in from..from + n {
         let event = outbox.event("users/u1", "order.created", &format!("orders/o{i}"));
         table
-            .write(vec![
-                Write::put(
+            .write(
+                vec![Write::put(
                     NewItem::new(
                         format!("order#{i}"),
                         "order",
                         format!("order {i}").into_bytes(),
                     ),
                     Condition::NotExists,
-                ),
-                outbox.write(event),
-            ])
+                )]
+                .into_iter()
+                .chain(outbox.writes(event))
+                .collect(),
+            )
             .await
             .expect("business change commits whether or not audit is up");
         outbox.notify();
@@ -94,7 +96,11 @@ async fn events_made_while_audit_is_down_arrive_exactly_once() {
     let relay_stop = Shutdown::new();
     let relay = outbox.spawn_relay(
         producer.clone(),
-        AuditServiceClient::new(certs.channel(workloads::ORDER, workloads::AUDIT, audit_addr)),
+        Destination::Audit(AuditServiceClient::new(certs.channel(
+            workloads::ORDER,
+            workloads::AUDIT,
+            audit_addr,
+        ))),
         relay_stop.clone(),
     );
 

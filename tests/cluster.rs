@@ -427,6 +427,7 @@ async fn replicas_behind_a_proxy_survive_rolls_crashes_and_certificate_rotation(
         order: endpoints(Role::Order),
         payment: endpoints(Role::Payment),
         audit: endpoints(Role::Audit),
+        notification: String::new(),
     };
     let mut replicas: Vec<Replica> = Vec::new();
     for role in roles {

@@ -76,6 +76,7 @@ async fn a_dead_backend_opens_the_circuit_and_recovery_closes_it() {
         order: format!("https://{}", audit.grpc_addr),
         payment: format!("https://{payment_addr}"),
         audit: format!("https://{}", audit.grpc_addr),
+        notification: format!("https://{}", audit.grpc_addr),
     };
     let gateway = RunningGateway::start(
         &certs,

@@ -3,8 +3,9 @@
 //! document lists is called with generated valid and invalid input, and every answer must
 //! be no server error, a documented status and content type, and match its schema. Bounded
 //! (a fixed number of examples per operation, deterministic generation) so a run is
-//! repeatable. The audit tail is left out: it is an endless stream, which schemathesis reads
-//! to the end; the conformance suite and the gateway tests cover it.
+//! repeatable. The audit tail and the notification stream are left out: they are endless
+//! streams, which schemathesis reads to the end; the conformance suite, the gateway tests and
+//! the notification tests cover them.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ fn schemathesis(gateway: &str, token: &str, report: &std::path::Path) -> (bool, 
             "--generation-deterministic",
             "--exclude-operation-id",
             "TailEvents",
+            "--exclude-operation-id",
+            "StreamNotifications",
             "--workers",
             "1",
             "--request-timeout",

@@ -68,6 +68,7 @@ async fn prometheus_answers_red_per_route_and_fires_the_breaker_alert() {
         order: "https://127.0.0.1:1".into(),
         payment: "https://127.0.0.1:1".into(),
         audit: at(audit.grpc_addr),
+        notification: "https://127.0.0.1:1".into(),
     };
     let gateway = RunningGateway::start(&certs, &upstreams, GatewayConfig::default()).await;
     let admin = gateway.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;

@@ -105,11 +105,12 @@ pub struct Mesh {
     pub certs: CertDir,
 }
 
-const SERVICES: [(&str, &str); 4] = [
+const SERVICES: [(&str, &str); 5] = [
     ("user", workloads::USER),
     ("order", workloads::ORDER),
     ("payment", workloads::PAYMENT),
     ("audit", workloads::AUDIT),
+    ("notification", workloads::NOTIFICATION),
 ];
 
 impl Mesh {
@@ -148,7 +149,8 @@ impl Mesh {
                 .env("ORDERMESH_USER_ENDPOINT", endpoint(0))
                 .env("ORDERMESH_ORDER_ENDPOINT", endpoint(1))
                 .env("ORDERMESH_PAYMENT_ENDPOINT", endpoint(2))
-                .env("ORDERMESH_AUDIT_ENDPOINT", endpoint(3));
+                .env("ORDERMESH_AUDIT_ENDPOINT", endpoint(3))
+                .env("ORDERMESH_NOTIFICATION_ENDPOINT", endpoint(4));
             c
         };
         let mut processes = Vec::new();

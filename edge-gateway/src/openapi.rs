@@ -288,6 +288,19 @@ pub fn document(routes: &[Route]) -> Value {
                 "default": {"description": "An error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             }
         });
+        if route.rpc.success_status != 200 {
+            let status = route.rpc.success_status.to_string();
+            let ok = op["responses"]["200"].take();
+            if let Some(responses) = op["responses"].as_object_mut() {
+                responses.remove("200");
+                responses.insert(status, ok);
+            }
+            let reason = http::StatusCode::from_u16(route.rpc.success_status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("OK");
+            op["responses"][route.rpc.success_status.to_string()]["description"] = json!(reason);
+        }
         if route.rpc.server_streaming {
             // As served: one JSON message per line by default, Server-Sent Events on request.
             let message = op["responses"]["200"]["content"]["application/json"]["schema"].take();

@@ -97,7 +97,9 @@ async fn proxy(
     let json =
         transcode::response_json(&route.rpc.descriptor.output(), &bytes, &route.response_body)
             .map_err(transcode_problem)?;
+    let status = StatusCode::from_u16(route.rpc.success_status).unwrap_or(StatusCode::OK);
     Ok((
+        status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

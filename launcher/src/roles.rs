@@ -6,11 +6,15 @@ use std::sync::Arc;
 
 use ordermesh_audit_service::{AuditLog, AuditServer};
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
+use ordermesh_contracts::notification::notification_service_client::NotificationServiceClient;
 use ordermesh_contracts::payment::payment_service_client::PaymentServiceClient;
 use ordermesh_contracts::user::user_service_client::UserServiceClient;
 use ordermesh_edge_gateway::auth::Verifier;
 use ordermesh_edge_gateway::backends::Backends;
 use ordermesh_edge_gateway::{Gateway, GatewayConfig};
+use ordermesh_notification_service::{
+    Dispatcher, Inbox, MailSettings, MailTransport, Mailer, NotificationServer, SmtpSettings,
+};
 use ordermesh_order_service::catalog::Catalog;
 use ordermesh_order_service::orders::Orders;
 use ordermesh_order_service::{CatalogServer, OrderSaga, OrderServer, SagaSettings};
@@ -19,7 +23,7 @@ use ordermesh_platform::client::{ChannelFactory, ClientError};
 use ordermesh_platform::config::{ConfigError, ListenConfig, MeshConfig, env_opt, env_or};
 use ordermesh_platform::identity::workloads;
 use ordermesh_platform::metrics::Metrics;
-use ordermesh_platform::outbox::Outbox;
+use ordermesh_platform::outbox::{Destination, Outbox};
 use ordermesh_platform::server::{GrpcServer, Listeners, ServeError};
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::StoreError;
@@ -36,13 +40,20 @@ pub enum Role {
     Order,
     Payment,
     Audit,
+    Notification,
     /// The edge gateway (HTTP, not gRPC).
     Gateway,
 }
 
 impl Role {
     /// Every service role, in start order.
-    pub const SERVICES: &'static [Role] = &[Role::Audit, Role::User, Role::Payment, Role::Order];
+    pub const SERVICES: &'static [Role] = &[
+        Role::Audit,
+        Role::Notification,
+        Role::User,
+        Role::Payment,
+        Role::Order,
+    ];
 
     /// The short name `serve` and `mesh.json` use.
     pub fn short_name(self) -> &'static str {
@@ -51,6 +62,7 @@ impl Role {
             Role::Order => "order",
             Role::Payment => "payment",
             Role::Audit => "audit",
+            Role::Notification => "notification",
             Role::Gateway => "gateway",
         }
     }
@@ -62,6 +74,7 @@ impl Role {
             Role::Order => workloads::ORDER,
             Role::Payment => workloads::PAYMENT,
             Role::Audit => workloads::AUDIT,
+            Role::Notification => workloads::NOTIFICATION,
             Role::Gateway => workloads::GATEWAY,
         }
     }
@@ -74,6 +87,7 @@ impl Role {
             Role::Payment => 2,
             Role::Audit => 3,
             Role::Gateway => 4,
+            Role::Notification => 5,
         }
     }
 
@@ -94,6 +108,7 @@ pub struct Upstreams {
     pub order: String,
     pub payment: String,
     pub audit: String,
+    pub notification: String,
 }
 
 impl Upstreams {
@@ -104,6 +119,7 @@ impl Upstreams {
             workloads::ORDER => &self.order,
             workloads::PAYMENT => &self.payment,
             workloads::AUDIT => &self.audit,
+            workloads::NOTIFICATION => &self.notification,
             _ => "",
         }
     }
@@ -116,10 +132,12 @@ impl Upstreams {
             order: at(1),
             payment: at(2),
             audit: at(3),
+            notification: at(5),
         }
     }
 
-    /// `ORDERMESH_{USER,ORDER,PAYMENT,AUDIT}_ENDPOINT`, defaulting to the local ports.
+    /// `ORDERMESH_{USER,ORDER,PAYMENT,AUDIT,NOTIFICATION}_ENDPOINT`, defaulting to the local
+    /// ports.
     pub fn from_env() -> Result<Self, ConfigError> {
         let local = Self::local(LOCAL_BASE_PORT);
         Ok(Self {
@@ -127,6 +145,7 @@ impl Upstreams {
             order: env_or("ORDERMESH_ORDER_ENDPOINT", local.order)?,
             payment: env_or("ORDERMESH_PAYMENT_ENDPOINT", local.payment)?,
             audit: env_or("ORDERMESH_AUDIT_ENDPOINT", local.audit)?,
+            notification: env_or("ORDERMESH_NOTIFICATION_ENDPOINT", local.notification)?,
         })
     }
 }
@@ -202,6 +221,8 @@ pub enum RoleError {
     Keys(#[from] KeyError),
     #[error("ORDERMESH_JWT_SIGNING_KEY_FILE must be set when the store is not embedded")]
     NoSigningKey,
+    #[error("set ORDERMESH_SMTP_HOST (or ORDERMESH_MAIL_DIR) when the store is not embedded")]
+    NoMailTransport,
     #[error("the gateway is not a gRPC role; use serve_gateway")]
     NotGrpc,
     #[error("gateway routes: {0}")]
@@ -210,6 +231,8 @@ pub enum RoleError {
     Seed(String),
     #[error("bootstrapping the admin account: {0}")]
     Bootstrap(tonic::Status),
+    #[error("email: {0}")]
+    Mail(#[from] ordermesh_notification_service::mail::MailError),
 }
 
 /// Everything a service role needs to run.
@@ -225,6 +248,8 @@ pub struct ServiceConfig {
     pub saga: SagaSettings,
     /// order-service adds demo products to an empty catalog (`up`).
     pub seed_demo_catalog: bool,
+    /// notification-service: how email leaves (`None`: `.eml` files under the data directory).
+    pub mail: Option<MailSettings>,
 }
 
 impl ServiceConfig {
@@ -239,8 +264,61 @@ impl ServiceConfig {
             bootstrap_admin: bootstrap_admin_from_env()?,
             saga: SagaSettings::default(),
             seed_demo_catalog: env_or("ORDERMESH_SEED_DEMO_CATALOG", false)?,
+            mail: mail_from_env()?,
         })
     }
+}
+
+/// `ORDERMESH_SMTP_HOST` (with `_PORT`, `_SECURITY` none|starttls|tls, `_USERNAME`,
+/// `_PASSWORD_FILE`, `_CA_FILE`) sends through a relay; else `ORDERMESH_MAIL_DIR` names where
+/// `.eml` files go (unset: under the embedded data directory). `ORDERMESH_MAIL_FROM`,
+/// `ORDERMESH_PUBLIC_URL`, `ORDERMESH_MAIL_MAX_ATTEMPTS` and `ORDERMESH_MAIL_RETRY_BASE_MS`
+/// apply to both.
+pub fn mail_from_env() -> Result<Option<MailSettings>, ConfigError> {
+    let host: Option<String> = env_opt("ORDERMESH_SMTP_HOST")?;
+    let dir: Option<PathBuf> = env_opt("ORDERMESH_MAIL_DIR")?;
+    let transport = match (host, dir) {
+        (Some(host), _) => {
+            let password_file: Option<PathBuf> = env_opt("ORDERMESH_SMTP_PASSWORD_FILE")?;
+            let password = password_file
+                .map(|file| {
+                    std::fs::read_to_string(&file)
+                        .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                        .map_err(|e| ConfigError::Invalid {
+                            var: "ORDERMESH_SMTP_PASSWORD_FILE".into(),
+                            value: file.display().to_string(),
+                            reason: e.to_string(),
+                        })
+                })
+                .transpose()?;
+            MailTransport::Smtp(SmtpSettings {
+                host,
+                port: env_or("ORDERMESH_SMTP_PORT", 587)?,
+                security: env_or(
+                    "ORDERMESH_SMTP_SECURITY",
+                    ordermesh_notification_service::SmtpSecurity::StartTls,
+                )?,
+                username: env_opt("ORDERMESH_SMTP_USERNAME")?,
+                password,
+                ca_file: env_opt("ORDERMESH_SMTP_CA_FILE")?,
+                timeout: std::time::Duration::from_secs(10),
+            })
+        }
+        (None, Some(dir)) => MailTransport::Files(dir),
+        (None, None) => return Ok(None),
+    };
+    let d = MailSettings::files(PathBuf::new());
+    Ok(Some(MailSettings {
+        from: env_or("ORDERMESH_MAIL_FROM", d.from)?,
+        public_url: env_or("ORDERMESH_PUBLIC_URL", d.public_url)?,
+        transport,
+        max_attempts: env_or("ORDERMESH_MAIL_MAX_ATTEMPTS", d.max_attempts)?,
+        retry_base: std::time::Duration::from_millis(env_or(
+            "ORDERMESH_MAIL_RETRY_BASE_MS",
+            d.retry_base.as_millis() as u64,
+        )?),
+        retry_max: d.retry_max,
+    }))
 }
 
 /// `ORDERMESH_BOOTSTRAP_ADMIN_EMAIL` with `ORDERMESH_BOOTSTRAP_ADMIN_PASSWORD_FILE` (a file, so
@@ -333,6 +411,31 @@ impl BoundService {
         let mut background = Vec::new();
         let server = match self.role {
             Role::Gateway => return Err(RoleError::NotGrpc),
+            Role::Notification => {
+                let table = config.store.open(schema::NOTIFICATIONS).await?;
+                let settings = match (&config.mail, config.store.embedded_dir()) {
+                    (Some(settings), _) => settings.clone(),
+                    (None, Some(data_dir)) => MailSettings::files(data_dir.join("mail")),
+                    (None, None) => return Err(RoleError::NoMailTransport),
+                };
+                if let MailTransport::Files(dir) = &settings.transport {
+                    tracing::info!(dir = %dir.display(), "emails are written as .eml files");
+                }
+                let mailer = Mailer::new(settings)?;
+                let inbox = Inbox::new(table);
+                let queued = Arc::new(tokio::sync::Notify::new());
+                background.push(
+                    Dispatcher::new(inbox.clone(), mailer.clone(), queued.clone())
+                        .spawn(shutdown.clone()),
+                );
+                let users = UserServiceClient::new(
+                    channels.channel(workloads::USER, &config.upstreams.user)?,
+                );
+                server.add_service(
+                    NotificationServer::new(inbox, mailer, users, queued, shutdown.clone())
+                        .into_service(),
+                )
+            }
             Role::Audit => {
                 let table = config.store.open(schema::AUDIT).await?;
                 server.add_service(
@@ -341,11 +444,8 @@ impl BoundService {
             }
             Role::Order => {
                 let table = config.store.open(schema::ORDERS).await?;
-                let outbox = Outbox::new(workloads::ORDER).observed_in(&metrics);
-                let audit = AuditServiceClient::new(
-                    channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
-                );
-                background.push(outbox.spawn_relay(table.clone(), audit, shutdown.clone()));
+                let outbox = producer_outbox(workloads::ORDER, config, &metrics);
+                background.extend(spawn_relays(&outbox, &table, &channels, config, &shutdown)?);
                 let payment = PaymentServiceClient::new(
                     channels.channel(workloads::PAYMENT, &config.upstreams.payment)?,
                 );
@@ -381,20 +481,14 @@ impl BoundService {
             }
             Role::Payment => {
                 let table = config.store.open(schema::PAYMENTS).await?;
-                let outbox = Outbox::new(workloads::PAYMENT).observed_in(&metrics);
-                let audit = AuditServiceClient::new(
-                    channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
-                );
-                background.push(outbox.spawn_relay(table.clone(), audit, shutdown.clone()));
+                let outbox = producer_outbox(workloads::PAYMENT, config, &metrics);
+                background.extend(spawn_relays(&outbox, &table, &channels, config, &shutdown)?);
                 server.add_service(PaymentServer::new(Wallets::new(table, outbox)).into_service())
             }
             Role::User => {
                 let table = config.store.open(schema::USERS).await?;
-                let outbox = Outbox::new(workloads::USER).observed_in(&metrics);
-                let audit = AuditServiceClient::new(
-                    channels.channel(workloads::AUDIT, &config.upstreams.audit)?,
-                );
-                background.push(outbox.spawn_relay(table.clone(), audit, shutdown.clone()));
+                let outbox = producer_outbox(workloads::USER, config, &metrics);
+                background.extend(spawn_relays(&outbox, &table, &channels, config, &shutdown)?);
                 let keys = signing_keys(config)?;
                 let tokens = TokenConfig {
                     issuer: config.jwt.issuer.clone(),
@@ -427,6 +521,43 @@ impl BoundService {
         served?;
         Ok(())
     }
+}
+
+/// A producing service's outbox: every event for audit-service, and those that notify someone
+/// for notification-service (unless its endpoint is set empty: a mesh without it).
+fn producer_outbox(workload: &str, config: &ServiceConfig, metrics: &Metrics) -> Outbox {
+    let outbox = Outbox::new(workload);
+    let outbox = if config.upstreams.notification.is_empty() {
+        outbox
+    } else {
+        outbox.notifying(ordermesh_notification_service::notifies)
+    };
+    outbox.observed_in(metrics)
+}
+
+/// The outbox relays of a producing service: to audit-service, and to notification-service.
+fn spawn_relays(
+    outbox: &Outbox,
+    table: &ordermesh_platform::store::Table,
+    channels: &ChannelFactory,
+    config: &ServiceConfig,
+    shutdown: &Shutdown,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RoleError> {
+    let audit =
+        AuditServiceClient::new(channels.channel(workloads::AUDIT, &config.upstreams.audit)?);
+    let mut relays =
+        vec![outbox.spawn_relay(table.clone(), Destination::Audit(audit), shutdown.clone())];
+    if !config.upstreams.notification.is_empty() {
+        let notification = NotificationServiceClient::new(
+            channels.channel(workloads::NOTIFICATION, &config.upstreams.notification)?,
+        );
+        relays.push(outbox.spawn_relay(
+            table.clone(),
+            Destination::Notification(notification),
+            shutdown.clone(),
+        ));
+    }
+    Ok(relays)
 }
 
 /// How long background work gets to stop after the server has.

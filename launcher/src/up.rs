@@ -13,6 +13,7 @@ use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
 
 use crate::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
+use ordermesh_notification_service::{MailSettings, MailTransport};
 use ordermesh_order_service::SagaSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +220,9 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             }
         },
     };
+    // Without a relay configured, each email is an `.eml` file a newcomer can open.
+    let mail = crate::roles::mail_from_env()?
+        .unwrap_or_else(|| MailSettings::files(options.data_dir.join("mail")));
     // Bind every role first so each knows where the others really are.
     let mut bound = Vec::new();
     for role in Role::SERVICES.iter().copied() {
@@ -250,6 +254,7 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
                 .then(|| (admin.email.clone(), admin.password.clone())),
             saga: SagaSettings::default(),
             seed_demo_catalog: true,
+            mail: Some(mail.clone()),
         };
         let service = BoundService::bind(role, config).await?;
         info.services
@@ -261,11 +266,12 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         order: endpoint(&info, Role::Order),
         payment: endpoint(&info, Role::Payment),
         audit: endpoint(&info, Role::Audit),
+        notification: endpoint(&info, Role::Notification),
     };
     for mut service in bound {
         service.config_mut().upstreams = upstreams.clone();
         println!(
-            "{:<16} grpc {}  metrics http://{}/metrics",
+            "{:<20} grpc {}  metrics http://{}/metrics",
             service.role.workload(),
             service.grpc_addr,
             service
@@ -329,7 +335,7 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
         format!("http://{gateway_addr}/readyz"),
     );
     println!(
-        "{:<16} http://{gateway_addr}  admin http://{admin_addr}/metrics",
+        "{:<20} http://{gateway_addr}  admin http://{admin_addr}/metrics",
         workloads::GATEWAY
     );
 
@@ -352,6 +358,17 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             admin.email,
             admin.password
         );
+    }
+    match &mail.transport {
+        MailTransport::Smtp(smtp) => {
+            println!(
+                "emails go through the SMTP relay {}:{}",
+                smtp.host, smtp.port
+            )
+        }
+        MailTransport::Files(dir) => {
+            println!("emails are written as .eml files to {}", dir.display())
+        }
     }
     println!("try: curl {}/v1/products", info.gateway);
     println!("ordermesh is ready (Ctrl-C to stop)");

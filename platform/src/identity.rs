@@ -12,6 +12,7 @@ pub mod workloads {
     pub const ORDER: &str = "order-service";
     pub const PAYMENT: &str = "payment-service";
     pub const AUDIT: &str = "audit-service";
+    pub const NOTIFICATION: &str = "notification-service";
     pub const GATEWAY: &str = "edge-gateway";
     /// The identity of a person debugging the mesh with grpcurl: health, reflection and read
     /// methods only.
@@ -21,9 +22,9 @@ pub mod workloads {
     /// operator-admin` issues it on purpose.
     pub const OPERATOR_ADMIN: &str = "operator-admin";
     /// Every identity issued by default.
-    pub const ALL: &[&str] = &[USER, ORDER, PAYMENT, AUDIT, GATEWAY, OPERATOR];
+    pub const ALL: &[&str] = &[USER, ORDER, PAYMENT, AUDIT, NOTIFICATION, GATEWAY, OPERATOR];
     /// The workloads that serve: one per role `ordermesh up` runs.
-    pub const ROLES: &[&str] = &[GATEWAY, USER, ORDER, PAYMENT, AUDIT];
+    pub const ROLES: &[&str] = &[GATEWAY, USER, ORDER, PAYMENT, AUDIT, NOTIFICATION];
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

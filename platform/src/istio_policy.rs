@@ -15,6 +15,7 @@ pub fn workload_of_package(package: &str) -> Option<&'static str> {
         "ordermesh.order.v1" => Some(workloads::ORDER),
         "ordermesh.payment.v1" => Some(workloads::PAYMENT),
         "ordermesh.audit.v1" => Some(workloads::AUDIT),
+        "ordermesh.notification.v1" => Some(workloads::NOTIFICATION),
         _ => None,
     }
 }

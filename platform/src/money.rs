@@ -94,3 +94,43 @@ mod tests {
         }
     }
 }
+
+/// Digits after the decimal point of a currency's minor unit (ISO 4217).
+pub fn minor_unit_digits(currency: &str) -> u32 {
+    match currency {
+        "CLP" | "ISK" | "JPY" | "KRW" | "VND" => 0,
+        "BHD" | "KWD" => 3,
+        _ => 2,
+    }
+}
+
+/// An amount for people to read: `12.50 EUR`, `1200 JPY`, `-3.000 KWD`.
+pub fn format_amount(currency: &str, amount_minor: i64) -> String {
+    let digits = minor_unit_digits(currency);
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let abs = amount_minor.unsigned_abs();
+    if digits == 0 {
+        return format!("{sign}{abs} {currency}");
+    }
+    let scale = 10u64.pow(digits);
+    format!(
+        "{sign}{}.{:0width$} {currency}",
+        abs / scale,
+        abs % scale,
+        width = digits as usize
+    )
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn amounts_read_in_their_currency_minor_unit() {
+        assert_eq!(format_amount("EUR", 1250), "12.50 EUR");
+        assert_eq!(format_amount("EUR", 5), "0.05 EUR");
+        assert_eq!(format_amount("JPY", 1200), "1200 JPY");
+        assert_eq!(format_amount("KWD", -3000), "-3.000 KWD");
+        assert_eq!(format_amount("USD", i64::MIN), "-92233720368547758.08 USD");
+    }
+}

@@ -6,6 +6,11 @@
 //! event id, which makes it effectively once. Nothing is lost across restarts: the outbox is
 //! in the durable table.
 //!
+//! The same mechanism feeds notification-service: an outbox that has notifications subscribed
+//! writes a second entry, in the same batch, for each event whose action notifies someone,
+//! under partitions of its own, and a second relay delivers those with its own leases and
+//! back-off. Either destination being down delays only its own deliveries.
+//!
 //! With several replicas, the outbox is spread over [`PARTITIONS`] partitions (by event id),
 //! and a relay works a partition only while it holds that partition's lease: each replica's
 //! relay drains the partitions nobody else is working, and a dead replica's partitions are
@@ -16,6 +21,8 @@ use std::time::Duration;
 
 use ordermesh_contracts::audit::audit_service_client::AuditServiceClient;
 use ordermesh_contracts::audit::{AppendRequest, AuditEvent};
+use ordermesh_contracts::notification::IngestRequest;
+use ordermesh_contracts::notification::notification_service_client::NotificationServiceClient;
 use prost::Message;
 use rand::Rng;
 use tokio::sync::Notify;
@@ -62,7 +69,47 @@ pub struct Outbox {
     source: String,
     pending: Arc<Notify>,
     gauges: OutboxGauges,
+    /// Which actions notification-service is sent, when it is subscribed.
+    notifies: Option<fn(&str) -> bool>,
+    notify_pending: Arc<Notify>,
+    notify_gauges: OutboxGauges,
 }
+
+/// Where a relay delivers an outbox's events.
+pub enum Destination {
+    /// audit-service's `Append`: every event.
+    Audit(AuditServiceClient<MeshChannel>),
+    /// notification-service's `Ingest`: the events it subscribed to.
+    Notification(NotificationServiceClient<MeshChannel>),
+}
+
+impl Destination {
+    /// The first word of the destination's partition keys and lease names.
+    fn partition_prefix(&self) -> &'static str {
+        match self {
+            Self::Audit(_) => AUDIT_PREFIX,
+            Self::Notification(_) => NOTIFICATION_PREFIX,
+        }
+    }
+
+    async fn deliver(&mut self, events: Vec<AuditEvent>) -> Result<(), tonic::Status> {
+        match self {
+            Self::Audit(client) => {
+                let mut request = tonic::Request::new(AppendRequest { events });
+                request.set_timeout(APPEND_DEADLINE);
+                client.append(request).await.map(|_| ())
+            }
+            Self::Notification(client) => {
+                let mut request = tonic::Request::new(IngestRequest { events });
+                request.set_timeout(APPEND_DEADLINE);
+                client.ingest(request).await.map(|_| ())
+            }
+        }
+    }
+}
+
+const AUDIT_PREFIX: &str = "outbox";
+const NOTIFICATION_PREFIX: &str = "outbox-notification";
 
 /// How far behind delivery is: `ordermesh_outbox_pending_items` (counted up to
 /// [`OBSERVE_LIMIT`] per partition) and `ordermesh_outbox_oldest_item_age_seconds`, labelled
@@ -88,13 +135,26 @@ impl Outbox {
             source: source.to_string(),
             pending: Arc::new(Notify::new()),
             gauges: OutboxGauges::default(),
+            notifies: None,
+            notify_pending: Arc::new(Notify::new()),
+            notify_gauges: OutboxGauges::default(),
         }
+    }
+
+    /// Also feeds notification-service: every event whose action `notifies` accepts gets a
+    /// second entry for it (see the module docs).
+    pub fn notifying(mut self, notifies: fn(&str) -> bool) -> Self {
+        self.notifies = Some(notifies);
+        self
     }
 
     /// Reports the backlog in `metrics` (see [`OutboxGauges`]).
     pub fn observed_in(mut self, metrics: &Metrics) -> Self {
         let labels = OutboxLabels {
             outbox: self.source.clone(),
+        };
+        let notify_labels = OutboxLabels {
+            outbox: format!("{}/notification", self.source),
         };
         let pending = Family::<OutboxLabels, Gauge>::default();
         let oldest = Family::<OutboxLabels, Gauge<f64, AtomicU64>>::default();
@@ -114,6 +174,12 @@ impl Outbox {
             pending: pending.get_or_create(&labels).clone(),
             oldest_age: oldest.get_or_create(&labels).clone(),
         };
+        if self.notifies.is_some() {
+            self.notify_gauges = OutboxGauges {
+                pending: pending.get_or_create(&notify_labels).clone(),
+                oldest_age: oldest.get_or_create(&notify_labels).clone(),
+            };
+        }
         self
     }
 
@@ -130,25 +196,35 @@ impl Outbox {
         }
     }
 
-    /// The write that stores `event` in the outbox; put it in the same batch as the change.
-    pub fn write(&self, event: AuditEvent) -> Write {
-        let traceparent = crate::telemetry::current_traceparent();
-        // Time-ordered keys keep delivery roughly in production order within a partition.
-        let sk = event.id.clone();
-        let pk = partition(partition_index(&sk));
-        let entry = OutboxEntry {
-            event: Some(event),
-            traceparent,
-        };
-        Write::put(
-            NewItem::new(pk, sk, entry.encode_to_vec()),
-            Condition::NotExists,
-        )
+    /// The writes that store `event` in the outbox, one per destination that takes it; put
+    /// them in the same batch as the change.
+    pub fn writes(&self, event: AuditEvent) -> Vec<Write> {
+        self.writes_with_private(event, Default::default())
     }
 
-    /// Tells the relay that new events were committed (it also polls).
+    /// As [`Outbox::writes`], with `private` attributes that only notification-service gets
+    /// (a reset link's token): the audit trail, which admins read and which is kept for ever,
+    /// never holds them.
+    pub fn writes_with_private(
+        &self,
+        event: AuditEvent,
+        private: std::collections::BTreeMap<String, String>,
+    ) -> Vec<Write> {
+        let traceparent = crate::telemetry::current_traceparent();
+        let mut writes = Vec::with_capacity(2);
+        if self.notifies.is_some_and(|takes| takes(&event.action)) {
+            let mut copy = event.clone();
+            copy.attributes.extend(private);
+            writes.push(entry_write(NOTIFICATION_PREFIX, copy, traceparent.clone()));
+        }
+        writes.insert(0, entry_write(AUDIT_PREFIX, event, traceparent));
+        writes
+    }
+
+    /// Tells the relays that new events were committed (they also poll).
     pub fn notify(&self) {
         self.pending.notify_one();
+        self.notify_pending.notify_one();
     }
 
     /// Awaits a store write that carries this outbox's entries and, once it committed, wakes
@@ -164,53 +240,93 @@ impl Outbox {
         committed
     }
 
-    /// Starts delivering this table's outbox to audit-service until `shutdown`, working each
+    /// Starts delivering this table's outbox to `destination` until `shutdown`, working each
     /// partition only while holding its lease.
     pub fn spawn_relay(
         &self,
         table: Table,
-        audit: AuditServiceClient<MeshChannel>,
+        destination: Destination,
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
+        let (pending, gauges) = match destination {
+            Destination::Audit(_) => (self.pending.clone(), self.gauges.clone()),
+            Destination::Notification(_) => {
+                (self.notify_pending.clone(), self.notify_gauges.clone())
+            }
+        };
         let relay = Relay {
             source: self.source.clone(),
             leases: Leases::new(table.clone(), Leases::replica_owner(&self.source)),
+            prefix: destination.partition_prefix(),
             table,
-            audit,
-            pending: self.pending.clone(),
-            gauges: self.gauges.clone(),
+            destination,
+            pending,
+            gauges,
             observed: None,
         };
         tokio::spawn(relay.run(shutdown))
     }
 }
 
-/// The partition key of outbox partition `index`. Partition 0 keeps the name the single
-/// partition had, so events written before the outbox was partitioned are still delivered.
-fn partition(index: u32) -> String {
+fn entry_write(prefix: &str, event: AuditEvent, traceparent: String) -> Write {
+    // Time-ordered keys keep delivery roughly in production order within a partition.
+    let sk = event.id.clone();
+    let pk = partition(prefix, partition_index(&sk));
+    let entry = OutboxEntry {
+        event: Some(event),
+        traceparent,
+    };
+    Write::put(
+        NewItem::new(pk, sk, entry.encode_to_vec()),
+        Condition::NotExists,
+    )
+}
+
+/// The partition key of a destination's outbox partition `index`. Audit's partition 0 keeps
+/// the name the single partition had, so events written before the outbox was partitioned
+/// are still delivered.
+fn partition(prefix: &str, index: u32) -> String {
     match index {
-        0 => "outbox".to_string(),
-        i => format!("outbox#{i}"),
+        0 => prefix.to_string(),
+        i => format!("{prefix}#{i}"),
     }
 }
 
-/// Which partition an event goes to: FNV-1a of its id, so the random tail of UUIDv7 ids
-/// spreads events evenly.
+/// Which partition an event goes to.
 fn partition_index(event_id: &str) -> u32 {
-    let hash = event_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (hash % u64::from(PARTITIONS)) as u32
+    spread(event_id, PARTITIONS)
 }
 
-/// How many events are waiting (for tests and readiness).
+/// Which of `partitions` a key goes to: FNV-1a of the key, so the random tail of UUIDv7 ids
+/// spreads keys evenly. For any queue that is worked partition by partition under leases.
+pub fn spread(key: &str, partitions: u32) -> u32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+/// How many events are waiting for audit-service (for tests and readiness).
 pub async fn pending_count(table: &Table) -> Result<usize, StoreError> {
+    pending_in(table, AUDIT_PREFIX).await
+}
+
+/// How many events are waiting for notification-service.
+pub async fn pending_notification_count(table: &Table) -> Result<usize, StoreError> {
+    pending_in(table, NOTIFICATION_PREFIX).await
+}
+
+async fn pending_in(table: &Table, prefix: &str) -> Result<usize, StoreError> {
     let mut n = 0;
     for index in 0..PARTITIONS {
         let mut cursor = None;
         loop {
             let page = table
-                .query(Query::partition(partition(index)).limit(1000).after(cursor))
+                .query(
+                    Query::partition(partition(prefix, index))
+                        .limit(1000)
+                        .after(cursor),
+                )
                 .await?;
             n += page.items.len();
             match page.next {
@@ -226,8 +342,10 @@ struct Relay {
     /// The producing workload (the delivery spans' role).
     source: String,
     leases: Leases,
+    /// The destination's partition prefix.
+    prefix: &'static str,
     table: Table,
-    audit: AuditServiceClient<MeshChannel>,
+    destination: Destination,
     pending: Arc<Notify>,
     gauges: OutboxGauges,
     observed: Option<std::time::Instant>,
@@ -237,8 +355,8 @@ struct Relay {
 enum RelayError {
     #[error("outbox store: {0}")]
     Store(#[from] StoreError),
-    #[error("audit-service: {0}")]
-    Audit(#[from] tonic::Status),
+    #[error("delivery: {0}")]
+    Deliver(#[from] tonic::Status),
     #[error("outbox entry cannot be decoded: {0}")]
     Decode(#[from] prost::DecodeError),
 }
@@ -319,7 +437,7 @@ impl Relay {
         for index in 0..PARTITIONS {
             let page = self
                 .table
-                .query(Query::partition(partition(index)).limit(OBSERVE_LIMIT))
+                .query(Query::partition(partition(self.prefix, index)).limit(OBSERVE_LIMIT))
                 .await?;
             pending += page.items.len();
             let first = page
@@ -349,7 +467,7 @@ impl Relay {
     ) -> Result<usize, RelayError> {
         let mut delivered = 0;
         for index in partitions {
-            let pk = partition(index);
+            let pk = partition(self.prefix, index);
             let first = self.table.query(Query::partition(&pk).limit(BATCH)).await?;
             if first.items.is_empty() {
                 continue;
@@ -409,6 +527,7 @@ impl Relay {
             otel.name = "outbox deliver",
             otel.kind = "producer",
             "ordermesh.role" = %self.source,
+            destination = self.prefix,
             events = events.len()
         );
         let mut origins = origins.into_iter();
@@ -419,9 +538,7 @@ impl Relay {
             span.add_link(other);
         }
         async {
-            let mut request = tonic::Request::new(AppendRequest { events });
-            request.set_timeout(APPEND_DEADLINE);
-            self.audit.append(request).await?;
+            self.destination.deliver(events).await?;
             let deletes = page
                 .items
                 .iter()
@@ -453,7 +570,7 @@ mod tests {
             assert!((700..=1300).contains(c), "partition {i} got {c} of 8000");
         }
         assert_eq!(
-            partition(0),
+            partition(AUDIT_PREFIX, 0),
             "outbox",
             "the pre-partitioning key is partition 0"
         );

@@ -7,7 +7,8 @@ value sets, validates every rendered manifest against the Kubernetes OpenAPI sch
 ../shared/schemas/istio-crds.yaml (strict about unknown fields, and evaluating the CEL rules
 it knows), and checks what must agree across the chart, the Istio manifests and the
 binary's contract. Also: value sets missing a prerequisite must fail the render with a
-message naming what to set; deploy/README.md's IAM table must cover every DynamoDB call in the
+message naming what to set; only notification-service gets the mail settings and the SMTP
+relay's password (and, under Istio, the relay's ServiceEntry declares its port TCP); deploy/README.md's IAM table must cover every DynamoDB call in the
 store code; every ORDERMESH_* variable the chart sets must be read in the Rust source. And the
 monitoring: `promtool check rules` and `promtool test rules` on deploy/prometheus/ (promtool
 from the distribution's prometheus package, tests/support/system-tools.sh), every metric and
@@ -61,6 +62,7 @@ ROLES = {
     "order": "order-service",
     "payment": "payment-service",
     "audit": "audit-service",
+    "notification": "notification-service",
     "gateway": "edge-gateway",
 }
 SERVICES = [w for r, w in ROLES.items() if r != "gateway"]
@@ -69,6 +71,11 @@ GRPC_PORT, HEALTH_PORT, METRICS_PORT, HTTP_PORT = 50051, 50060, 9090, 8080
 ADMIN_PORT = 9090
 # The project publishes no image: every value set names one (an empty repository must fail).
 IMAGE = {"image": {"repository": "registry.example.com/ordermesh"}}
+# notification-service refuses to start on DynamoDB without an SMTP relay: every value set on
+# DynamoDB names one (none must fail the render).
+MAIL = {"mail": {"smtp": {"host": "smtp.example.com"}}}
+# Where notification-service finds the relay's password and extra CA (templates/deployment.yaml).
+SMTP_PASSWORD_DIR, SMTP_CA_DIR = "/etc/ordermesh/smtp", "/etc/ordermesh/smtp-ca"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the pinned
 # kubernetes-validate ships schemas for.
 KUBE_MIN = "1.31"
@@ -91,6 +98,8 @@ VARIANTS = {
                         "service": {"type": "LoadBalancer"}},
             "audit": {"tlsSecretName": "audit-mesh-cert"},
         },
+        # No relay: .eml files on the data emptyDir.
+        "mail": {"smtp": {"host": ""}, "publicUrl": "https://shop.example"},
     },
     "dynamodb-local+credentials": {
         "store": {"dynamodb": {"endpoint": "http://dynamodb-local:8000",
@@ -106,6 +115,12 @@ VARIANTS = {
                     "headerTimeoutMs": 15000, "maxConnections": 4096, "maxConnectionsPerAddress": 64,
                     "trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.10"], "trustedHops": 2},
         "discovery": {"clusterDomain": "k8s.internal", "dnsRefreshSeconds": 10},
+        "mail": {"smtp": {"host": "email-smtp.eu-west-1.amazonaws.com", "port": 465, "security": "tls",
+                          "username": "AKIAEXAMPLE",
+                          "passwordSecret": {"name": "ses-smtp", "key": "smtp-password"},
+                          "caConfigMap": {"name": "corp-ca", "key": "root.pem"}},
+                 "from": "Shop <no-reply@shop.example>", "publicUrl": "https://shop.example/",
+                 "maxAttempts": 4, "retryBaseMs": 500},
     },
     "monitoring": {
         "metrics": {"scrapeAnnotations": False,
@@ -121,6 +136,11 @@ VARIANTS = {
         "gateway": {"maxConnections": None},
         "roles": {role: {"tlsSecretName": f"mesh-{role}"} for role in ROLES},
     },
+    "istio+smtp-credentials": {
+        **yaml.safe_load((CHART / "values-istio.yaml").read_text()),
+        "mail": {"smtp": {"host": "smtp.example.com", "security": "none", "port": 25, "username": "ordermesh",
+                          "passwordSecret": {"name": "smtp-relay"}}},
+    },
 }
 
 # Value sets missing a prerequisite: the render must fail, and the message must name what to
@@ -128,17 +148,26 @@ VARIANTS = {
 MISSING = {
     "no image.repository (the chart's defaults)": ({}, ["image.repository"]),
     "builtin mTLS without cert-manager or Secrets": (
-        {**IMAGE, "mtls": {"certManager": {"enabled": False}}},
+        {**IMAGE, **MAIL, "mtls": {"certManager": {"enabled": False}}},
         ["mtls.certManager.enabled=true", "roles.<role>.tlsSecretName", "mtls.mode=istio"]),
     "builtin mTLS without cert-manager, gateway's Secret not named": (
-        {**IMAGE, "mtls": {"certManager": {"enabled": False}},
+        {**IMAGE, **MAIL, "mtls": {"certManager": {"enabled": False}},
          "roles": {role: {"tlsSecretName": f"mesh-{role}"} for role in ROLES if role != "gateway"}},
         ["roles.<role>.tlsSecretName", "missing for: gateway"]),
     "one TLS Secret for every role": (
-        {**IMAGE, "defaults": {"tlsSecretName": "mesh-tls"}}, ["tlsSecretName", "each role needs its own"]),
+        {**IMAGE, **MAIL, "defaults": {"tlsSecretName": "mesh-tls"}},
+        ["tlsSecretName", "each role needs its own"]),
     "ServiceMonitors under Istio (STRICT mTLS, the admin port denied)": (
-        {**IMAGE, "mtls": {"mode": "istio"}, "metrics": {"serviceMonitor": {"enabled": True}}},
+        {**IMAGE, **MAIL, "mtls": {"mode": "istio"}, "metrics": {"serviceMonitor": {"enabled": True}}},
         ["metrics.serviceMonitor.enabled", "mtls.mode=istio", "metrics.scrapeAnnotations=true"]),
+    "DynamoDB without an SMTP relay for notification-service": (
+        {**IMAGE}, ["mail.smtp.host", "store.backend=embedded"]),
+    "SMTP username without its password Secret": (
+        {**IMAGE, "mail": {"smtp": {"host": "smtp.example.com", "username": "ordermesh"}}},
+        ["mail.smtp.username", "mail.smtp.passwordSecret.name"]),
+    "SMTP password Secret without a username": (
+        {**IMAGE, "mail": {"smtp": {"host": "smtp.example.com", "passwordSecret": {"name": "smtp-relay"}}}},
+        ["mail.smtp.username", "mail.smtp.passwordSecret.name"]),
 }
 
 
@@ -179,7 +208,7 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-VARIANTS = {label: deep_merge(IMAGE, values) for label, values in VARIANTS.items()}
+VARIANTS = {label: deep_merge(deep_merge(IMAGE, MAIL), values) for label, values in VARIANTS.items()}
 
 
 # ----------------------------------------------------------------------------- Istio CRDs
@@ -221,6 +250,23 @@ def cel(rule: str, inst: object) -> bool | None:
             {"principals", "notPrincipals", "namespaces", "notNamespaces"} & set(inst))
     if r.startswith("has(self.portLevelMtls) ?"):
         return "portLevelMtls" not in inst or bool((inst.get("selector") or {}).get("matchLabels"))
+    # ServiceEntry (the chart's SMTP relay)
+    if r == "0 < self && self <= 65535":
+        return isinstance(inst, int) and 0 < inst <= 65535
+    if r == 'self != "*"':
+        return inst != "*"
+    if r == "self.all(l1, self.exists_one(l2, l1.number == l2.number))":
+        numbers = [p.get("number") for p in inst]
+        return len(numbers) == len(set(numbers))
+    if r == '((has(self.resolution) ? self.resolution : "NONE") == "NONE") ? !has(self.endpoints) : true':
+        return inst.get("resolution", "NONE") != "NONE" or "endpoints" not in inst
+    if r == ('((has(self.resolution) ? self.resolution : "") == "DNS_ROUND_ROBIN") ? '
+             '((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true'):
+        return inst.get("resolution", "") != "DNS_ROUND_ROBIN" or len(inst.get("endpoints", [])) <= 1
+    if r == ('!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && '
+             '!((has(self.resolution) ? self.resolution : "NONE") in ["STATIC", "NONE"]))'):
+        return not (any("/" in a for a in inst.get("addresses", []))
+                    and inst.get("resolution", "NONE") not in ("STATIC", "NONE"))
     UNEVALUATED_CEL.add(r)
     return None
 
@@ -672,6 +718,8 @@ def check_mtls(r: Rendered) -> list[str]:
     problems = []
     certs = {c["metadata"]["name"]: c for c in r.all("Certificate")}
     jwt_secret = r.values["jwt"]["signingKey"]["secretName"] or f"{RELEASE}-jwt-signing-key"
+    # Secrets that are no mesh certificate: the signing key, the SMTP relay's password.
+    other_secrets = {jwt_secret, r.values["mail"]["smtp"]["passwordSecret"]["name"]} - {""}
     for role, workload, dep in r.deployments():
         pod = dep["spec"]["template"]
         env = effective_env(r, dep)
@@ -680,7 +728,7 @@ def check_mtls(r: Rendered) -> list[str]:
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         tls_env = {k: v for k, v in env.items() if k.startswith("ORDERMESH_TLS_")}
         tls_secrets = [v["secret"]["secretName"] for v in volumes.values()
-                       if "secret" in v and v["secret"]["secretName"] != jwt_secret]
+                       if "secret" in v and v["secret"]["secretName"] not in other_secrets]
         # A subPath mount is a copy made at start: it never sees a renewed Secret.
         for m in container(dep).get("volumeMounts", []):
             if "secret" in volumes.get(m["name"], {}) and (m.get("subPath") or m.get("subPathExpr")):
@@ -793,6 +841,86 @@ def check_jwt(r: Rendered) -> list[str]:
             problems.append(f"Secret {secret_name} must be kept on uninstall (tokens outlive releases)")
     elif secret:
         problems.append(f"Secret {secret_name} rendered although jwt.signingKey.create is false")
+    return problems
+
+
+MAIL_VARS = {"ORDERMESH_SMTP_HOST", "ORDERMESH_SMTP_PORT", "ORDERMESH_SMTP_SECURITY", "ORDERMESH_SMTP_USERNAME",
+             "ORDERMESH_SMTP_PASSWORD_FILE", "ORDERMESH_SMTP_CA_FILE", "ORDERMESH_MAIL_DIR", "ORDERMESH_MAIL_FROM",
+             "ORDERMESH_PUBLIC_URL", "ORDERMESH_MAIL_MAX_ATTEMPTS", "ORDERMESH_MAIL_RETRY_BASE_MS"}
+
+
+def check_mail(r: Rendered) -> list[str]:
+    """notification-service alone gets the mail settings and the relay's password (a file in a
+    Secret mounted as a directory) and CA; without a relay (embedded store only) its emails go to
+    the data emptyDir. Under Istio a ServiceEntry declares the relay's port TCP (TLS for tls)."""
+    problems = []
+    mail = r.values["mail"]
+    smtp = mail["smtp"]
+    pw, ca = smtp["passwordSecret"], smtp.get("caConfigMap") or {"name": ""}
+    for role, workload, dep in r.deployments():
+        env = effective_env(r, dep)
+        pod = dep["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {m["name"]: m["mountPath"] for m in container(dep).get("volumeMounts", [])}
+        mail_volumes = [n for n, v in volumes.items()
+                        if pw["name"] and v.get("secret", {}).get("secretName") == pw["name"]
+                        or ca["name"] and v.get("configMap", {}).get("name") == ca["name"]]
+        if role != "notification":
+            seen = sorted(MAIL_VARS & set(env)) + mail_volumes
+            if seen:
+                problems.append(f"{workload}: only notification-service may see the mail settings, found {seen}")
+            continue
+        expect = {"ORDERMESH_MAIL_FROM": mail["from"], "ORDERMESH_PUBLIC_URL": mail.get("publicUrl") or None,
+                  "ORDERMESH_MAIL_MAX_ATTEMPTS": str(mail["maxAttempts"]),
+                  "ORDERMESH_MAIL_RETRY_BASE_MS": str(mail["retryBaseMs"])}
+        if smtp["host"]:
+            expect |= {"ORDERMESH_SMTP_HOST": smtp["host"], "ORDERMESH_SMTP_PORT": str(smtp["port"]),
+                       "ORDERMESH_SMTP_SECURITY": smtp["security"],
+                       "ORDERMESH_SMTP_USERNAME": smtp.get("username") or None,
+                       "ORDERMESH_SMTP_PASSWORD_FILE": f"{SMTP_PASSWORD_DIR}/{pw['key']}" if pw["name"] else None,
+                       "ORDERMESH_SMTP_CA_FILE": f"{SMTP_CA_DIR}/{ca['key']}" if ca["name"] else None,
+                       "ORDERMESH_MAIL_DIR": None}
+            for name, kind, ref, directory in (("password", "secret", pw, SMTP_PASSWORD_DIR),
+                                               ("CA", "configMap", ca, SMTP_CA_DIR)):
+                if not ref["name"]:
+                    continue
+                field = "secretName" if kind == "secret" else "name"
+                vol = [n for n, v in volumes.items() if v.get(kind, {}).get(field) == ref["name"]]
+                if len(vol) != 1 or mounts.get(vol[0]) != directory:
+                    problems.append(f"{workload}: the relay's {name} ({kind} {ref['name']}) must be mounted "
+                                    f"as the directory {directory}")
+                elif [i["key"] for i in volumes[vol[0]][kind].get("items", [])] not in ([], [ref["key"]]):
+                    problems.append(f"{workload}: the {name} volume must carry the key {ref['key']}")
+            if any(m.get("subPath") for m in container(dep).get("volumeMounts", [])
+                   if m["name"] in mail_volumes):
+                problems.append(f"{workload}: mail volumes mounted with subPath")
+        elif r.backend == "embedded":
+            data_dir = r.values["store"]["embedded"]["dataDir"].rstrip("/")
+            expect |= {v: None for v in MAIL_VARS if v.startswith("ORDERMESH_SMTP_")}
+            expect["ORDERMESH_MAIL_DIR"] = f"{data_dir}/mail"
+            if data_dir not in mounts.values():
+                problems.append(f"{workload}: {data_dir}, where the emails go, is not mounted")
+        else:
+            problems.append(f"{workload}: DynamoDB without mail.smtp.host rendered (the binary refuses to start)")
+        for var, want in expect.items():
+            if env.get(var) != want:
+                problems.append(f"{workload}: {var}={env.get(var)!r}, want {want!r}")
+    entries = r.all("ServiceEntry")
+    want_entry = r.istio and bool(smtp["host"]) and smtp.get("istioServiceEntry", True)
+    if not want_entry:
+        problems += [f"{ident(e)} rendered without Istio, a relay or mail.smtp.istioServiceEntry" for e in entries]
+    elif len(entries) != 1:
+        problems.append(f"want one ServiceEntry for the SMTP relay, found {len(entries)}")
+    else:
+        spec, where = entries[0]["spec"], ident(entries[0])
+        protocol = "TLS" if smtp["security"] == "tls" else "TCP"
+        if spec.get("hosts") != [smtp["host"]] or spec.get("location") != "MESH_EXTERNAL":
+            problems.append(f"{where}: want hosts [{smtp['host']}], location MESH_EXTERNAL")
+        if spec.get("resolution") != "DNS" or spec.get("exportTo") != ["."]:
+            problems.append(f"{where}: want resolution DNS, exportTo [.]")
+        if [(p.get("number"), p.get("protocol")) for p in spec.get("ports", [])] != [(smtp["port"], protocol)]:
+            problems.append(f"{where}: ports {spec.get('ports')}, want {smtp['port']} as {protocol} "
+                            "(SMTP is server-first: the sidecar must not sniff it)")
     return problems
 
 
@@ -1934,6 +2062,17 @@ def main() -> int:
             "metrics.prometheusRule.label": {"metrics": {"prometheusRule": {"label": {"a": "b"}}}},
             "metrics.grafanaDashboard.labels.grafana_dashboard=1 (a number)":
                 {"metrics": {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}},
+            "roles.notifications": {"roles": {"notifications": {}}},
+            "mail.smtp.hostname": {"mail": {"smtp": {"hostname": "smtp.example.com"}}},
+            "mail.smtp.host=smtp.example.com:587": {"mail": {"smtp": {"host": "smtp.example.com:587"}}},
+            "mail.smtp.host=smtps://smtp.example.com": {"mail": {"smtp": {"host": "smtps://smtp.example.com"}}},
+            "mail.smtp.security=ssl": {"mail": {"smtp": {"security": "ssl"}}},
+            "mail.smtp.port=0": {"mail": {"smtp": {"port": 0}}},
+            "mail.smtp.password": {"mail": {"smtp": {"password": "hunter2"}}},
+            "mail.from=no-reply": {"mail": {"from": "no-reply"}},
+            "mail.publicUrl=shop.example": {"mail": {"publicUrl": "shop.example"}},
+            "mail.maxAttempts=0": {"mail": {"maxAttempts": 0}},
+            "mail.retryBaseMs=2s": {"mail": {"retryBaseMs": "2s"}},
         }
         problems = []
         for label, bad in typos.items():
@@ -1977,6 +2116,8 @@ def main() -> int:
             mode = r.values["mtls"]["mode"]
             report.check(f"[{label}] {mode} mTLS: sidecar label, endpoints, TLS mounts", check_mtls(r))
             report.check(f"[{label}] JWT signing key only in user-service", check_jwt(r))
+            report.check(f"[{label}] mail settings, SMTP password and CA only in notification-service"
+                         + (", the relay's ServiceEntry" if r.istio else ""), check_mail(r))
             report.check(f"[{label}] DynamoDB tables hook Job", check_tables_job(r))
             on = [k for k in ("serviceMonitor", "prometheusRule", "grafanaDashboard")
                   if r.values["metrics"][k]["enabled"]]

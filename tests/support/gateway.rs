@@ -128,6 +128,7 @@ impl SignInMesh {
             order: at(audit.grpc_addr),
             payment: at(audit.grpc_addr),
             audit: at(audit.grpc_addr),
+            notification: at(audit.grpc_addr),
         };
         let gateway = RunningGateway::start(certs, &upstreams, config).await;
         Self {

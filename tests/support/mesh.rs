@@ -118,6 +118,7 @@ pub fn no_upstreams() -> Upstreams {
         order: String::new(),
         payment: String::new(),
         audit: String::new(),
+        notification: String::new(),
     }
 }
 
@@ -136,7 +137,8 @@ pub fn all_at(addr: SocketAddr) -> Upstreams {
         user: at.clone(),
         order: at.clone(),
         payment: at.clone(),
-        audit: at,
+        audit: at.clone(),
+        notification: at,
     }
 }
 
@@ -167,6 +169,7 @@ pub fn service_config(
             redrive_every: Duration::from_millis(200),
         },
         seed_demo_catalog: false,
+        mail: None,
     }
 }
 

@@ -12,7 +12,8 @@ pub const USERS: &str = "users";
 pub const ORDERS: &str = "orders";
 pub const PAYMENTS: &str = "payments";
 pub const AUDIT: &str = "audit";
-pub const ALL_TABLES: &[&str] = &[USERS, ORDERS, PAYMENTS, AUDIT];
+pub const NOTIFICATIONS: &str = "notifications";
+pub const ALL_TABLES: &[&str] = &[USERS, ORDERS, PAYMENTS, AUDIT, NOTIFICATIONS];
 
 /// Where a process keeps its data.
 #[derive(Debug, Clone)]

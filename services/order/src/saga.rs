@@ -175,7 +175,8 @@ impl OrderSaga {
         }
     }
 
-    fn event(&self, order: &Order, actor: &str, action: &str) -> Write {
+    /// The outbox writes of an order event; `owner` names whom it concerns (notifications).
+    fn event(&self, order: &Order, actor: &str, action: &str) -> Vec<Write> {
         let mut e = self.outbox.event(actor, action, &order.name);
         e.attributes.insert(
             "state".into(),
@@ -186,7 +187,9 @@ impl OrderSaga {
                 .insert("total_minor".into(), t.amount_minor.to_string());
             e.attributes.insert("currency".into(), t.currency.clone());
         }
-        self.outbox.write(e)
+        e.attributes
+            .insert("owner".into(), format!("users/{}", order.user_id));
+        self.outbox.writes(e)
     }
 
     /// Places an order (or returns the one this key placed before) and tries to pay for it.
@@ -274,8 +277,8 @@ impl OrderSaga {
                 ),
                 Orders::put(&rec, None),
                 pending_write("pay", &id),
-                self.event(&order, &format!("users/{user}"), "order.created"),
             ];
+            batch.extend(self.event(&order, &format!("users/{user}"), "order.created"));
             batch.append(&mut writes);
             match self.outbox.commit(self.orders.table().write(batch)).await {
                 Ok(_) => {
@@ -398,7 +401,7 @@ impl OrderSaga {
         }
         let order = rec.order.clone().unwrap_or_default();
         writes.insert(0, Orders::put(&rec, Some(version)));
-        writes.push(self.event(&order, actor, action));
+        writes.extend(self.event(&order, actor, action));
         match self.outbox.commit(self.orders.table().write(writes)).await {
             Ok(_) => Ok(Ok(order)),
             Err(e) => Ok(Err(e)),

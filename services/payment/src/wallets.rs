@@ -296,7 +296,7 @@ impl Wallets {
                 .with_index(format!("acct#{house}"), txn_sk),
                 Condition::NotExists,
             ));
-            writes.push(self.outbox.write(self.event(&m, &id, &transaction)));
+            writes.extend(self.outbox.writes(self.event(&m, &id, &transaction)));
             match self.outbox.commit(self.table.write(writes)).await {
                 Ok(_) => return Ok(record),
                 // Lost a race (same key, or another movement on this wallet or payment): re-read.

@@ -14,6 +14,7 @@ use ordermesh_platform::user_context::{ROLE_ADMIN, ROLE_USER};
 
 use crate::error::{UserError, checked};
 use crate::login_throttle::{LoginThrottle, ThrottleSettings};
+use crate::password_resets::PasswordResets;
 use crate::revocations;
 use crate::store::{UserRecord, UserStore};
 
@@ -158,6 +159,7 @@ pub struct Accounts {
     store: UserStore,
     outbox: Outbox,
     throttle: LoginThrottle,
+    resets: PasswordResets,
     access_ttl: Duration,
 }
 
@@ -167,6 +169,7 @@ impl Accounts {
     pub fn new(store: UserStore, outbox: Outbox, access_ttl: Duration) -> Self {
         Self {
             throttle: LoginThrottle::new(store.table().clone(), ThrottleSettings::default()),
+            resets: PasswordResets::new(store.table().clone()),
             store,
             outbox,
             access_ttl,
@@ -225,7 +228,7 @@ impl Accounts {
             .outbox
             .event(&actor, "user.registered", &format!("users/{id}"));
         self.outbox
-            .commit(self.store.create(&record, vec![self.outbox.write(event)]))
+            .commit(self.store.create(&record, self.outbox.writes(event)))
             .await?;
         Ok(record)
     }
@@ -283,7 +286,7 @@ impl Accounts {
                 .outbox
                 .event("anonymous", "user.login_failed", "users/unknown");
             self.outbox
-                .commit(self.store.record(vec![self.outbox.write(event)]))
+                .commit(self.store.record(self.outbox.writes(event)))
                 .await?;
             return Err(UserError::BadCredentials);
         };
@@ -332,6 +335,71 @@ impl Accounts {
         self.update_revoking_tokens(record, version, event).await
     }
 
+    /// Starts a reset for the account with `email`, if there is one and it has not had too
+    /// many reset emails lately: a single-use token, stored hashed, goes to notification-service
+    /// (only there) in the same write as the `user.password_reset_requested` event. Says
+    /// nothing about whether the account exists.
+    pub async fn request_password_reset(&self, email: &str) -> Result<(), UserError> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(());
+        };
+        let Some((record, _)) = self.store.find_by_email(&email).await? else {
+            return Ok(());
+        };
+        if !self.resets.admit(&record.id).await? {
+            tracing::info!(user = %record.id, "password reset requests throttled");
+            return Ok(());
+        }
+        let (token, stored) = self.resets.issue(&record.id);
+        let who = format!("users/{}", record.id);
+        let event = self
+            .outbox
+            .event(&who, "user.password_reset_requested", &who);
+        let private = [("reset_token".to_string(), token)].into_iter().collect();
+        let mut writes = self.outbox.writes_with_private(event, private);
+        writes.push(stored);
+        self.outbox.commit(self.store.record(writes)).await?;
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token: the token is used up in the same write, and
+    /// every session of the user ends as on a password change. A used, expired or unknown
+    /// token (or one issued before the password last changed) is one and the same error.
+    pub async fn reset_password(&self, token: &str, new: &str) -> Result<UserRecord, UserError> {
+        let refused = || {
+            UserError::invalid(
+                "token",
+                "is not a valid reset token: it is unknown, used or expired",
+            )
+        };
+        let found = self.resets.find(token).await?.ok_or_else(refused)?;
+        let (mut record, version) = self.store.get(&found.user_id).await?.ok_or_else(refused)?;
+        if found.issued_ms < record.sessions_not_before_ms {
+            return Err(refused());
+        }
+        let mut v = Violations::new();
+        check_password(&mut v, new, &record.email);
+        checked(v)?;
+        record.password_hash = hashed(new).await?;
+        record.update_time = Some(timestamp());
+        record.sessions_not_before_ms = unix_millis();
+        let who = format!("users/{}", record.id);
+        let event = self.outbox.event(&who, "user.password_reset", &who);
+        match self
+            .write_revoking_tokens(record, version, event, vec![found.consume])
+            .await
+        {
+            // Lost a race: with another use of the token (refused), or with another change
+            // of the account (the caller may retry).
+            Err(UserError::Store(crate::store::UserStoreError::Concurrent))
+                if self.resets.find(token).await?.is_none() =>
+            {
+                Err(refused())
+            }
+            other => other,
+        }
+    }
+
     /// Writes `record` with its audit `event` and, in the same write, a revocation of every
     /// access token the user was issued before it (a role or password change).
     async fn update_revoking_tokens(
@@ -340,10 +408,21 @@ impl Accounts {
         version: u64,
         event: ordermesh_contracts::audit::AuditEvent,
     ) -> Result<UserRecord, UserError> {
-        let writes = vec![
-            self.outbox.write(event),
-            revocations::write(Kind::User, &record.id, self.access_ttl),
-        ];
+        self.write_revoking_tokens(record, version, event, Vec::new())
+            .await
+    }
+
+    /// [`Accounts::update_revoking_tokens`] with `extra` writes in the same batch.
+    async fn write_revoking_tokens(
+        &self,
+        record: UserRecord,
+        version: u64,
+        event: ordermesh_contracts::audit::AuditEvent,
+        extra: Vec<ordermesh_platform::store::Write>,
+    ) -> Result<UserRecord, UserError> {
+        let mut writes = self.outbox.writes(event);
+        writes.extend(extra);
+        writes.push(revocations::write(Kind::User, &record.id, self.access_ttl));
         self.outbox
             .commit(self.store.update(&record, version, writes))
             .await?;
@@ -393,7 +472,7 @@ impl Accounts {
         self.outbox
             .commit(
                 self.store
-                    .update(&record, version, vec![self.outbox.write(event)]),
+                    .update(&record, version, self.outbox.writes(event)),
             )
             .await?;
         Ok(record)

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use ordermesh_contracts::user::user_service_server::{UserService, UserServiceServer};
 use ordermesh_contracts::user::{
-    ChangePasswordRequest, CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks,
-    ListRevocationsRequest, ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse,
-    RefreshTokenRequest, Role, SetUserRolesRequest, TokenPair, UpdateUserRequest, User,
+    ChangePasswordRequest, ConfirmPasswordResetRequest, ConfirmPasswordResetResponse,
+    CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks, ListRevocationsRequest,
+    ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse, RefreshTokenRequest,
+    RequestPasswordResetRequest, RequestPasswordResetResponse, Role, SetUserRolesRequest,
+    TokenPair, UpdateUserRequest, User,
 };
 use ordermesh_platform::authz::CallerIdentity;
 use ordermesh_platform::outbox::Outbox;
@@ -187,6 +189,27 @@ impl UserService for UserServer {
             .logout(&request.into_inner().refresh_token)
             .await?;
         Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<RequestPasswordResetRequest>,
+    ) -> Result<Response<RequestPasswordResetResponse>, Status> {
+        self.accounts
+            .request_password_reset(&request.into_inner().email)
+            .await?;
+        Ok(Response::new(RequestPasswordResetResponse {}))
+    }
+
+    async fn confirm_password_reset(
+        &self,
+        request: Request<ConfirmPasswordResetRequest>,
+    ) -> Result<Response<ConfirmPasswordResetResponse>, Status> {
+        let req = request.into_inner();
+        self.accounts
+            .reset_password(&req.token, &req.new_password)
+            .await?;
+        Ok(Response::new(ConfirmPasswordResetResponse {}))
     }
 
     async fn list_revocations(

@@ -5,6 +5,7 @@ pub mod error;
 pub mod grpc;
 pub mod keys;
 pub mod login_throttle;
+pub mod password_resets;
 pub mod revocations;
 pub mod sessions;
 pub mod store;

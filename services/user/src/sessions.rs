@@ -97,11 +97,10 @@ impl Sessions {
         let who = format!("users/{}", user.id);
         let event = self.outbox.event(&who, action, &who);
         self.outbox
-            .commit(self.store.create_session(
-                &session_id,
-                &session,
-                vec![self.outbox.write(event)],
-            ))
+            .commit(
+                self.store
+                    .create_session(&session_id, &session, self.outbox.writes(event)),
+            )
             .await?;
         self.tokens.pair(user, &session_id, &secret)
     }
@@ -159,7 +158,7 @@ impl Sessions {
                 id,
                 session,
                 version,
-                vec![self.outbox.write(event), ended],
+                [self.outbox.writes(event), vec![ended]].concat(),
             ))
             .await
     }

@@ -6,6 +6,7 @@ Every per-role template ranges over this map (in key order, so output is stable)
 {{- define "ordermesh.roles" -}}
 audit: audit-service
 gateway: edge-gateway
+notification: notification-service
 order: order-service
 payment: payment-service
 user: user-service
@@ -125,5 +126,12 @@ templates/validate.yaml; renders nothing.
 {{- with $missing -}}
 {{- fail (printf "mtls.mode=builtin needs a mesh certificate for every role, and nothing creates one: set mtls.certManager.enabled=true (cert-manager issues them; the default), or name each role's existing Secret (keys ca.crt, tls.crt, tls.key) in roles.<role>.tlsSecretName (missing for: %s), or run under Istio (-f values-istio.yaml, mtls.mode=istio)" (join ", " .)) -}}
 {{- end -}}
+{{- end -}}
+{{- $smtp := .Values.mail.smtp -}}
+{{- if and (eq .Values.store.backend "dynamodb") (not $smtp.host) -}}
+{{- fail "notification-service sends email, and with store.backend=dynamodb it refuses to start without a way to: set mail.smtp.host to your SMTP relay (and mail.smtp.port, mail.smtp.security, mail.smtp.username with mail.smtp.passwordSecret.name as it needs; see deploy/README.md, Email), or, for a demo, use store.backend=embedded (emails are then written as .eml files on the pod's emptyDir)" -}}
+{{- end -}}
+{{- if and $smtp.host (ne (not $smtp.username) (not $smtp.passwordSecret.name)) -}}
+{{- fail (printf "the SMTP relay gets credentials only with both mail.smtp.username and mail.smtp.passwordSecret.name (the Secret holding its password, key mail.smtp.passwordSecret.key), and only %s is set: set both, or neither to send without authenticating" (ternary "mail.smtp.username" "mail.smtp.passwordSecret.name" (not (not $smtp.username)))) -}}
 {{- end -}}
 {{- end }}

@@ -1,0 +1,305 @@
+//! The email queue and its sender. An email is queued in the same write as its notification,
+//! so none is lost; a sender in every replica works the queue's partitions under leases, one
+//! replica per partition at a time. A failed attempt is retried with exponential back-off and
+//! jitter until `max_attempts`, then the email is given up as FAILED; a relay's permanent
+//! refusal (5xx) fails it at once. Sending is at least once: a crash between the relay's
+//! acceptance and the queue's delete sends that email again on the next round.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordermesh_contracts::notification::EmailState;
+use ordermesh_platform::clock::unix_millis;
+use ordermesh_platform::identity::workloads;
+use ordermesh_platform::lease::Leases;
+use ordermesh_platform::outbox::spread;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::store::{Condition, Item, NewItem, Query, StoreError, Table, Write};
+use prost::Message;
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::inbox::{Inbox, InboxError, Stored, inbox_pk};
+use crate::mail::{Mailer, Rendered};
+
+/// Partitions of the email queue.
+pub const MAIL_PARTITIONS: u32 = 4;
+const LEASE: Duration = Duration::from_secs(30);
+const BATCH: usize = 50;
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// An email waiting to be sent.
+#[derive(Clone, PartialEq, Message)]
+pub struct QueuedEmail {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    #[prost(string, tag = "2")]
+    pub to: String,
+    #[prost(string, tag = "3")]
+    pub subject: String,
+    #[prost(string, tag = "4")]
+    pub text: String,
+    #[prost(string, tag = "5")]
+    pub html: String,
+    #[prost(uint32, tag = "6")]
+    pub attempts: u32,
+    /// Not sent before this (unix ms): the back-off after a failed attempt.
+    #[prost(int64, tag = "7")]
+    pub not_before_ms: i64,
+    #[prost(string, tag = "8")]
+    pub last_error: String,
+}
+
+fn mail_pk(partition: u32) -> String {
+    format!("mail#{partition}")
+}
+
+/// The write that queues notification `id`'s email; put it in the notification's batch.
+pub fn enqueue(id: &str, user_id: &str, to: &str, email: Rendered) -> Write {
+    let queued = QueuedEmail {
+        user_id: user_id.to_string(),
+        to: to.to_string(),
+        subject: email.subject,
+        text: email.text,
+        html: email.html,
+        ..Default::default()
+    };
+    Write::put(
+        NewItem::new(
+            mail_pk(spread(id, MAIL_PARTITIONS)),
+            id,
+            queued.encode_to_vec(),
+        ),
+        Condition::NotExists,
+    )
+}
+
+/// How many emails are queued (tests, operators).
+pub async fn queued_count(table: &Table) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for p in 0..MAIL_PARTITIONS {
+        n += table
+            .query(Query::partition(mail_pk(p)).limit(1000))
+            .await?
+            .items
+            .len();
+    }
+    Ok(n)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
+    #[error("queued email is unreadable: {0}")]
+    Corrupt(#[from] prost::DecodeError),
+}
+
+/// Sends queued emails until shutdown.
+pub struct Dispatcher {
+    inbox: Inbox,
+    mailer: Mailer,
+    leases: Leases,
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(inbox: Inbox, mailer: Mailer, wake: Arc<Notify>) -> Self {
+        let leases = Leases::new(
+            inbox.table().clone(),
+            Leases::replica_owner(workloads::NOTIFICATION),
+        );
+        Self {
+            inbox,
+            mailer,
+            leases,
+            wake,
+        }
+    }
+
+    pub fn spawn(self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run(shutdown))
+    }
+
+    async fn run(self, shutdown: Shutdown) {
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            let round = tokio::select! {
+                r = self.round() => r,
+                _ = shutdown.wait() => return,
+            };
+            let wait = match round {
+                Ok(Some(next_due)) => next_due.min(IDLE_POLL),
+                Ok(None) => IDLE_POLL,
+                Err(e) => {
+                    tracing::warn!(error = %e, "email queue round failed");
+                    IDLE_POLL
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Works every partition no other replica is working; returns how long until the
+    /// soonest email still waiting is due.
+    async fn round(&self) -> Result<Option<Duration>, DispatchError> {
+        let mut next_due: Option<i64> = None;
+        for p in 0..MAIL_PARTITIONS {
+            let pk = mail_pk(p);
+            let page = self
+                .inbox
+                .table()
+                .query(Query::partition(&pk).limit(BATCH))
+                .await?;
+            if page.items.is_empty() {
+                continue;
+            }
+            let Some(claim) = self.leases.try_claim(&format!("mail/{p}"), LEASE).await? else {
+                continue;
+            };
+            let mut outcome = Ok(());
+            for item in &page.items {
+                if claim.remaining() < Duration::from_secs(5) {
+                    break;
+                }
+                match self.attempt(item).await {
+                    Ok(Some(due)) => next_due = Some(next_due.map_or(due, |d| d.min(due))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.leases.release(claim).await {
+                tracing::debug!(error = %e, "email queue lease not released; it will expire");
+            }
+            outcome?;
+        }
+        let now = unix_millis();
+        Ok(next_due.map(|due| Duration::from_millis((due - now).max(0) as u64)))
+    }
+
+    /// Sends one queued email if it is due. Returns when it is due next, if it stays queued.
+    async fn attempt(&self, item: &Item) -> Result<Option<i64>, DispatchError> {
+        let mut queued = QueuedEmail::decode(item.data.as_ref())?;
+        if queued.not_before_ms > unix_millis() {
+            return Ok(Some(queued.not_before_ms));
+        }
+        let email = Rendered {
+            subject: queued.subject.clone(),
+            text: queued.text.clone(),
+            html: queued.html.clone(),
+        };
+        let sent = self.mailer.send(&item.sk, &queued.to, &email).await;
+        queued.attempts += 1;
+        let settings = self.mailer.settings();
+        match sent {
+            Ok(()) => {
+                self.finish(item, &queued, EmailState::Sent).await?;
+                tracing::info!(notification = %item.sk, attempts = queued.attempts, "email sent");
+                Ok(None)
+            }
+            Err(e) if e.is_permanent() || queued.attempts >= settings.max_attempts => {
+                queued.last_error = e.to_string();
+                tracing::warn!(notification = %item.sk, attempts = queued.attempts, error = %e, "email given up");
+                self.finish(item, &queued, EmailState::Failed).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                let delay = backoff(settings.retry_base, settings.retry_max, queued.attempts);
+                queued.last_error = e.to_string();
+                queued.not_before_ms = unix_millis() + delay.as_millis() as i64;
+                tracing::info!(notification = %item.sk, attempts = queued.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "email not sent; will retry");
+                let retry = NewItem::new(item.pk.clone(), item.sk.clone(), queued.encode_to_vec());
+                match self
+                    .inbox
+                    .table()
+                    .put(retry, Condition::Version(item.version))
+                    .await
+                {
+                    Ok(_) | Err(StoreError::ConditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(Some(queued.not_before_ms))
+            }
+        }
+    }
+
+    /// Takes the email off the queue and records its final state on the notification, in
+    /// one write (so the history never says PENDING about an email that left the queue).
+    async fn finish(
+        &self,
+        item: &Item,
+        queued: &QueuedEmail,
+        state: EmailState,
+    ) -> Result<(), DispatchError> {
+        let leave = Write::Delete {
+            pk: item.pk.clone(),
+            sk: item.sk.clone(),
+            condition: Condition::Version(item.version),
+        };
+        for _ in 0..8 {
+            let mut writes = vec![leave.clone()];
+            if let Some((mut stored, version)) = self.inbox.get(&queued.user_id, &item.sk).await? {
+                set_email_state(&mut stored, state);
+                writes.push(Write::put(
+                    NewItem::new(
+                        inbox_pk(&queued.user_id),
+                        item.sk.clone(),
+                        stored.encode_to_vec(),
+                    ),
+                    Condition::Version(version),
+                ));
+            }
+            match self.inbox.table().write(writes).await {
+                Ok(_) => return Ok(()),
+                // The queue item changed under us: another replica took it over.
+                Err(StoreError::ConditionFailed { index: 0, .. }) => return Ok(()),
+                // The notification changed (marked read): read it again.
+                Err(StoreError::ConditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(InboxError::Contended.into())
+    }
+}
+
+fn set_email_state(stored: &mut Stored, state: EmailState) {
+    if let Some(n) = stored.notification.as_mut() {
+        n.email_state = state as i32;
+    }
+}
+
+/// Exponential back-off with full jitter between half and all of the bound.
+fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let bound = base
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(max);
+    let ms = bound.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(300);
+        for attempts in 1..30 {
+            let d = backoff(base, max, attempts);
+            let bound = base.saturating_mul(1 << (attempts - 1).min(16)).min(max);
+            assert!(d >= bound / 2 && d <= bound, "{attempts}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The gRPC face of notification-service. The authorization layer has already checked the
+//! calling workload and, for calls forwarded by the gateway, that a user is signed in; this
+//! file keeps each user to their own notifications and maps errors, once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordermesh_contracts::audit::AuditEvent;
+use ordermesh_contracts::notification::notification_service_server::{
+    NotificationService, NotificationServiceServer,
+};
+use ordermesh_contracts::notification::{
+    GetNotificationPreferencesRequest, IngestRequest, IngestResponse, ListNotificationsRequest,
+    ListNotificationsResponse, MarkNotificationsReadRequest, MarkNotificationsReadResponse,
+    Notification, NotificationPreferences, StreamNotificationsRequest,
+    UpdateNotificationPreferencesRequest,
+};
+use ordermesh_contracts::user::GetUserRequest;
+use ordermesh_contracts::user::user_service_client::UserServiceClient;
+use ordermesh_platform::client::MeshChannel;
+use ordermesh_platform::clock::timestamp;
+use ordermesh_platform::shutdown::Shutdown;
+use ordermesh_platform::status::{Violations, invalid};
+use ordermesh_platform::store::{Cursor, StoreError};
+use ordermesh_platform::user_context::UserContext;
+use tokio::sync::Notify;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::dispatcher::enqueue;
+use crate::events::{draft, notifies};
+use crate::inbox::{Inbox, InboxError, Stored, initial_email_state};
+use crate::mail::Mailer;
+
+const DEFAULT_PAGE: usize = 20;
+const MAX_PAGE: usize = 100;
+const MAX_EVENTS: usize = 500;
+/// How often a stream looks for notifications another replica took in.
+const STREAM_POLL: Duration = Duration::from_secs(1);
+const CONTACT_DEADLINE: Duration = Duration::from_secs(5);
+const MAX_MARKED_ALL: usize = 10_000;
+
+impl From<InboxError> for Status {
+    fn from(e: InboxError) -> Self {
+        match e {
+            InboxError::Store(StoreError::InvalidCursor) => {
+                invalid("page_token", "is not a token this service issued")
+            }
+            InboxError::Store(e) => e.into(),
+            InboxError::Corrupt(e) => {
+                tracing::error!(error = %e, "unreadable notification data");
+                Status::internal("stored notification data is unreadable")
+            }
+            InboxError::Contended => Status::aborted("changed concurrently; retry"),
+        }
+    }
+}
+
+pub struct NotificationServer {
+    inbox: Inbox,
+    mailer: Mailer,
+    users: UserServiceClient<MeshChannel>,
+    /// Wakes the email sender when an email was queued.
+    queued: Arc<Notify>,
+    /// Wakes this replica's streams when a notification was taken in.
+    arrived: Arc<Notify>,
+    shutdown: Shutdown,
+}
+
+impl NotificationServer {
+    pub fn new(
+        inbox: Inbox,
+        mailer: Mailer,
+        users: UserServiceClient<MeshChannel>,
+        queued: Arc<Notify>,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            inbox,
+            mailer,
+            users,
+            queued,
+            arrived: Arc::new(Notify::new()),
+            shutdown,
+        }
+    }
+
+    pub fn into_service(self) -> NotificationServiceServer<Self> {
+        NotificationServiceServer::new(self)
+    }
+
+    /// The address and name to write to, or `None` when the user no longer exists.
+    async fn contact(&self, user_id: &str) -> Result<Option<(String, String)>, Status> {
+        let mut request = Request::new(GetUserRequest {
+            name: format!("users/{user_id}"),
+        });
+        request.set_timeout(CONTACT_DEADLINE);
+        match self.users.clone().get_user(request).await {
+            Ok(user) => {
+                let user = user.into_inner();
+                Ok(Some((user.email, user.display_name)))
+            }
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            // The relay retries the batch; nothing is lost while user-service is away.
+            Err(s) => Err(Status::unavailable(format!(
+                "user-service did not answer a contact lookup: {}",
+                s.message()
+            ))),
+        }
+    }
+
+    /// Takes one event in. Returns whether it made a notification (false: a re-delivery).
+    async fn take(&self, event: &AuditEvent) -> Result<Option<bool>, Status> {
+        let Some(draft) = draft(event) else {
+            return Ok(None);
+        };
+        if self.inbox.get(&draft.user_id, &event.id).await?.is_some() {
+            return Ok(Some(false));
+        }
+        let channels = self.inbox.channels(&draft.user_id, draft.category).await?;
+        let contact = if channels.email {
+            self.contact(&draft.user_id).await?
+        } else {
+            None
+        };
+        let stored = Stored {
+            notification: Some(Notification {
+                name: format!("notifications/{}", event.id),
+                category: draft.category as i32,
+                title: draft.title.clone(),
+                body: draft.body.clone(),
+                resource: event.resource.clone(),
+                create_time: event.occur_time.or_else(|| Some(timestamp())),
+                read: false,
+                read_time: None,
+                email_state: initial_email_state(contact.is_some()) as i32,
+            }),
+            in_app: channels.in_app,
+        };
+        let mut writes = vec![self.inbox.create(&draft.user_id, &stored)];
+        if let Some((to, name)) = &contact {
+            let email = self.mailer.render(&draft, name).map_err(|e| {
+                tracing::error!(error = %e, "email template failed");
+                Status::internal("the email could not be rendered")
+            })?;
+            writes.push(enqueue(&event.id, &draft.user_id, to, email));
+        }
+        match self.inbox.table().write(writes).await {
+            Ok(_) => Ok(Some(true)),
+            Err(StoreError::ConditionFailed { .. }) => Ok(Some(false)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn valid_event_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `users/me/notification-preferences` or the caller's own `users/{id}/…`: the user id. Another
+/// user's reads as NOT_FOUND.
+fn own_preferences(name: &str, user: &UserContext) -> Result<String, Status> {
+    let id = name
+        .strip_prefix("users/")
+        .and_then(|rest| rest.strip_suffix("/notification-preferences"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .ok_or_else(|| {
+            invalid(
+                "name",
+                "must be users/me/notification-preferences or users/{id}/notification-preferences",
+            )
+        })?;
+    if id == "me" || id == user.user_id {
+        Ok(user.user_id.clone())
+    } else {
+        Err(Status::not_found("notification preferences not found"))
+    }
+}
+
+const PREFERENCE_PATHS: &[&str] = &[
+    "orders",
+    "orders.email",
+    "orders.in_app",
+    "payments",
+    "payments.email",
+    "payments.in_app",
+];
+
+#[tonic::async_trait]
+impl NotificationService for NotificationServer {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let events = request.into_inner().events;
+        if events.len() > MAX_EVENTS {
+            return Err(invalid("events", &format!("at most {MAX_EVENTS} events")));
+        }
+        let mut v = Violations::new();
+        for (i, e) in events.iter().enumerate() {
+            v.check(
+                valid_event_id(&e.id),
+                &format!("events[{i}].id"),
+                "must be 1 to 64 letters, digits, '-' or '_'",
+            );
+        }
+        v.into_result()?;
+        let mut out = IngestResponse::default();
+        for event in &events {
+            if !notifies(&event.action) {
+                out.ignored += 1;
+                continue;
+            }
+            match self.take(event).await? {
+                None => out.ignored += 1,
+                Some(true) => out.notified += 1,
+                Some(false) => out.duplicates += 1,
+            }
+        }
+        if out.notified > 0 {
+            self.queued.notify_one();
+            self.arrived.notify_waiters();
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Result<Response<ListNotificationsResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let req = request.into_inner();
+        let size = match req.page_size {
+            n if n <= 0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let cursor = Cursor::from_page_token(&req.page_token)
+            .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
+        if cursor
+            .as_ref()
+            .is_some_and(|c| c.pk != crate::inbox::inbox_pk(&user.user_id))
+        {
+            return Err(invalid("page_token", "is not a token this service issued"));
+        }
+        let (notifications, next) = self
+            .inbox
+            .list(&user.user_id, size, cursor, req.unread_only)
+            .await?;
+        Ok(Response::new(ListNotificationsResponse {
+            notifications,
+            next_page_token: next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        request: Request<MarkNotificationsReadRequest>,
+    ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.check(
+            !req.all || req.names.is_empty(),
+            "names",
+            "must be empty when all is true",
+        );
+        v.check(
+            req.all || !req.names.is_empty(),
+            "names",
+            "name at least one notification, or set all",
+        );
+        let mut ids = Vec::with_capacity(req.names.len());
+        for (i, name) in req.names.iter().enumerate() {
+            match name
+                .strip_prefix("notifications/")
+                .filter(|id| valid_event_id(id))
+            {
+                Some(id) => ids.push(id.to_string()),
+                None => v.add(&format!("names[{i}]"), "must be notifications/{id}"),
+            }
+        }
+        v.into_result()?;
+        if req.all {
+            ids = self.inbox.unread_ids(&user.user_id, MAX_MARKED_ALL).await?;
+        }
+        let now = timestamp();
+        let mut marked = 0;
+        for id in &ids {
+            let changed = self
+                .inbox
+                .update(&user.user_id, id, |s| match s.notification.as_mut() {
+                    Some(n) if !n.read => {
+                        n.read = true;
+                        n.read_time = Some(now);
+                        true
+                    }
+                    _ => false,
+                })
+                .await?;
+            marked += i32::from(changed);
+        }
+        Ok(Response::new(MarkNotificationsReadResponse { marked }))
+    }
+
+    type StreamNotificationsStream =
+        Pin<Box<dyn Stream<Item = Result<Notification, Status>> + Send>>;
+
+    async fn stream_notifications(
+        &self,
+        request: Request<StreamNotificationsRequest>,
+    ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
+        let user = UserContext::require(&request)?;
+        let inbox = self.inbox.clone();
+        let mut last = inbox.newest_id(&user.user_id).await?;
+        let arrived = self.arrived.clone();
+        let stopping = self.shutdown.wait();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Notification, Status>>(16);
+        tokio::spawn(async move {
+            tokio::pin!(stopping);
+            loop {
+                // Registered before reading, so one taken in between still wakes the stream.
+                let notified = arrived.notified();
+                match inbox.newer_than(&user.user_id, &last, 100).await {
+                    Ok(found) if !found.is_empty() => {
+                        for (id, notification) in found {
+                            last = id;
+                            if let Some(n) = notification
+                                && tx.send(Ok(n)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(STREAM_POLL) => {}
+                    _ = tx.closed() => return,
+                    _ = &mut stopping => {
+                        let _ = tx.send(Err(Status::unavailable(
+                            "notification-service is shutting down; open the stream again",
+                        ))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_notification_preferences(
+        &self,
+        request: Request<GetNotificationPreferencesRequest>,
+    ) -> Result<Response<NotificationPreferences>, Status> {
+        let user = UserContext::require(&request)?;
+        let id = own_preferences(&request.get_ref().name, &user)?;
+        Ok(Response::new(self.inbox.preferences(&id).await?))
+    }
+
+    async fn update_notification_preferences(
+        &self,
+        request: Request<UpdateNotificationPreferencesRequest>,
+    ) -> Result<Response<NotificationPreferences>, Status> {
+        let user = UserContext::require(&request)?;
+        let req = request.into_inner();
+        let wanted = req
+            .preferences
+            .ok_or_else(|| invalid("preferences", "is required"))?;
+        let id = own_preferences(&wanted.name, &user)?;
+        // With no mask, the categories the update sets (AIP-134).
+        let paths: Vec<String> = match req.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            _ => [
+                ("orders", wanted.orders.is_some()),
+                ("payments", wanted.payments.is_some()),
+                ("security", wanted.security.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(p, _)| p.to_string())
+            .collect(),
+        };
+        let mut v = Violations::new();
+        let security = wanted.security.unwrap_or_default();
+        let mut updates = Vec::new();
+        for path in &paths {
+            match path.as_str() {
+                p if PREFERENCE_PATHS.contains(&p) => updates.push(path.clone()),
+                "security" | "security.email" | "security.in_app" => {
+                    let off = match path.as_str() {
+                        "security.email" => !security.email,
+                        "security.in_app" => !security.in_app,
+                        _ => !(security.email && security.in_app),
+                    };
+                    v.check(
+                        !off,
+                        "preferences.security",
+                        "security messages (password changed, reset requested) cannot be turned off",
+                    );
+                }
+                other => v.add(
+                    "update_mask",
+                    format!("{other:.64} is not an updatable path; use orders, payments, or their .email / .in_app"),
+                ),
+            }
+        }
+        v.into_result()?;
+        Ok(Response::new(
+            self.inbox.set_preferences(&id, &updates, &wanted).await?,
+        ))
+    }
+}

@@ -1,0 +1,15 @@
+//! notification-service: tells users what happened to their orders, money and account, by
+//! email and in the app. Fed by the services' outboxes; see `events.rs` for which events
+//! notify whom, `inbox.rs` for what is kept, `dispatcher.rs` for how email leaves.
+
+pub mod dispatcher;
+pub mod events;
+pub mod grpc;
+pub mod inbox;
+pub mod mail;
+
+pub use dispatcher::Dispatcher;
+pub use events::notifies;
+pub use grpc::NotificationServer;
+pub use inbox::Inbox;
+pub use mail::{MailSettings, MailTransport, Mailer, SmtpSecurity, SmtpSettings};

@@ -1,0 +1,480 @@
+//! notification-service end to end, over real sockets with real mTLS and a real SMTP server
+//! (aiosmtpd): events from the services' outboxes become emails and in-app notifications,
+//! preferences are honoured, a password reset goes by email, and nothing is lost or sent twice
+//! while the mail relay or notification-service itself is down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ordermesh::roles::{Role, Upstreams};
+use ordermesh_edge_gateway::GatewayConfig;
+use ordermesh_edge_gateway::limits::Limit;
+use ordermesh_notification_service::{MailSettings, MailTransport, SmtpSecurity, SmtpSettings};
+use ordermesh_platform::store::schema::StoreConfig;
+use ordermesh_tests::gateway::RunningGateway;
+use ordermesh_tests::http::{Api, HttpResponse, StreamingResponse};
+use ordermesh_tests::mesh::{RunningService, TestCerts, service_config};
+use ordermesh_tests::smtp::{CapturedMail, SmtpServer};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+
+struct NotifyMesh {
+    certs: TestCerts,
+    audit: RunningService,
+    notification: Option<RunningService>,
+    user: RunningService,
+    payment: RunningService,
+    gateway: RunningGateway,
+    smtp: SmtpServer,
+    notification_addr: SocketAddr,
+    upstreams: Upstreams,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+fn at(a: SocketAddr) -> String {
+    format!("https://{a}")
+}
+
+impl NotifyMesh {
+    async fn start() -> Self {
+        let certs = TestCerts::new();
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let smtp = SmtpServer::start();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
+        // Bound first (any port), so the others know where it is; started below.
+        let probe = std::net::TcpListener::bind(any).unwrap();
+        let notification_addr = probe.local_addr().unwrap();
+        drop(probe);
+        let mut upstreams = Upstreams {
+            user: String::new(),
+            order: at(audit.grpc_addr),
+            payment: String::new(),
+            audit: at(audit.grpc_addr),
+            notification: at(notification_addr),
+        };
+        let user =
+            RunningService::start_with(Role::User, &certs, dirs[1].path(), any, upstreams.clone())
+                .await;
+        upstreams.user = at(user.grpc_addr);
+        let payment = RunningService::start_with(
+            Role::Payment,
+            &certs,
+            dirs[2].path(),
+            any,
+            upstreams.clone(),
+        )
+        .await;
+        upstreams.payment = at(payment.grpc_addr);
+        // These tests sign in and reset more often than the per-address account limit allows;
+        // limits have their own tests.
+        let config = GatewayConfig {
+            rate_account: Limit {
+                per_minute: 6000,
+                burst: 1000,
+            },
+            ..Default::default()
+        };
+        let gateway = RunningGateway::start(&certs, &upstreams, config).await;
+        let mut mesh = Self {
+            certs,
+            audit,
+            notification: None,
+            user,
+            payment,
+            gateway,
+            smtp,
+            notification_addr,
+            upstreams,
+            dirs,
+        };
+        mesh.start_notification().await;
+        mesh
+    }
+
+    /// Starts (or restarts) notification-service at its address, on its store.
+    async fn start_notification(&mut self) {
+        let mut config = service_config(
+            Role::Notification,
+            &self.certs,
+            StoreConfig::Embedded {
+                data_dir: self.dirs[3].path().to_path_buf(),
+            },
+            self.notification_addr,
+            self.upstreams.clone(),
+        );
+        config.mail = Some(MailSettings {
+            public_url: "https://shop.example".into(),
+            transport: MailTransport::Smtp(SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: self.smtp.port,
+                security: SmtpSecurity::None,
+                username: None,
+                password: None,
+                ca_file: None,
+                timeout: Duration::from_secs(5),
+            }),
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(1),
+            ..MailSettings::files(self.dirs[3].path().join("unused"))
+        });
+        self.notification = Some(RunningService::start_config(Role::Notification, config).await);
+    }
+
+    async fn stop_notification(&mut self) {
+        if let Some(n) = self.notification.take() {
+            n.stop().await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop_notification().await;
+        self.gateway.stop().await;
+        self.payment.stop().await;
+        self.user.stop().await;
+        self.audit.stop().await;
+    }
+}
+
+async fn deposit(api: &Api, key: &str, minor: &str) {
+    let res = api
+        .post(
+            "/v1/wallet/deposits",
+            json!({"amount": {"currency": "EUR", "amountMinor": minor}, "idempotencyKey": key}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "deposit: {}", res.text());
+}
+
+/// Polls the caller's notifications until one satisfies `found`.
+async fn wait_for_notification(api: &Api, found: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = api.get("/v1/notifications?pageSize=50").await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let body = res.json();
+        if let Some(n) = body["notifications"]
+            .as_array()
+            .and_then(|all| all.iter().find(|n| found(n)))
+        {
+            return n.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such notification within 20 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn to(email: &str) -> impl Fn(&CapturedMail) -> bool + '_ {
+    move |m| m.rcpt_tos.iter().any(|r| r == email)
+}
+
+fn problem(res: &HttpResponse, status: u16) -> Value {
+    assert_eq!(res.status, status, "{}", res.text());
+    assert_eq!(
+        res.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        res.text()
+    );
+    res.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_become_emails_and_in_app_notifications_as_the_user_prefers() {
+    let mesh = NotifyMesh::start().await;
+    let ada = mesh.gateway.new_user("ada@example.com").await;
+
+    // A live stream, opened before the event.
+    let auth = format!("Bearer {}", ada.token.clone().unwrap());
+    let mut stream = StreamingResponse::get(
+        mesh.gateway.addr,
+        "/v1/notifications:stream",
+        &[("authorization", &auth), ("accept", "text/event-stream")],
+    )
+    .await;
+
+    deposit(&ada, "d1", "2500").await;
+    let mail = mesh
+        .smtp
+        .wait_for(Duration::from_secs(20), |m| {
+            to("ada@example.com")(m) && m.subject == "Deposit received"
+        })
+        .await;
+    assert!(mail.text.contains("Hello Test,"), "{}", mail.text);
+    assert!(
+        mail.text.contains("25.00 EUR was added to your wallet."),
+        "{}",
+        mail.text
+    );
+    assert!(mail.html.contains("<h1"), "{}", mail.html);
+    assert!(mail.html.contains("25.00 EUR"), "{}", mail.html);
+    assert!(mail.mail_from.contains("no-reply@ordermesh.local"));
+
+    let streamed = stream
+        .read_until(Duration::from_secs(20), |r| {
+            String::from_utf8_lossy(&r.body).contains("Deposit received")
+        })
+        .await;
+    assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
+
+    let n = wait_for_notification(&ada, |n| {
+        n["title"] == "Deposit received" && n["emailState"] == "EMAIL_STATE_SENT"
+    })
+    .await;
+    assert_eq!(n["category"], "CATEGORY_PAYMENTS");
+    assert_eq!(n["read"], false);
+    assert!(n["name"].as_str().unwrap().starts_with("notifications/"));
+
+    // Marked read: nothing unread is left.
+    let res = ada
+        .post("/v1/notifications:markRead", json!({"names": [n["name"]]}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["marked"], 1);
+    let unread = ada.get("/v1/notifications?unreadOnly=true").await.json();
+    assert!(
+        unread["notifications"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{unread}"
+    );
+    let res = ada
+        .post("/v1/notifications:markRead", json!({"names": ["orders/1"]}))
+        .await;
+    problem(&res, 400);
+
+    // Preferences: everything on at first; payments' email turned off; security stays on.
+    let prefs = ada.get("/v1/users/me/notification-preferences").await;
+    assert_eq!(prefs.status, 200, "{}", prefs.text());
+    let prefs = prefs.json();
+    for category in ["orders", "payments", "security"] {
+        assert_eq!(
+            prefs[category],
+            json!({"email": true, "inApp": true}),
+            "{prefs}"
+        );
+    }
+    let res = ada
+        .call(
+            "PATCH",
+            "/v1/users/me/notification-preferences",
+            Some(json!({"payments": {"email": false}})),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.json()["payments"],
+        json!({"email": false, "inApp": true})
+    );
+    assert_eq!(res.json()["orders"], json!({"email": true, "inApp": true}));
+    let res = ada
+        .call(
+            "PATCH",
+            "/v1/users/me/notification-preferences",
+            Some(json!({"security": {"email": false}})),
+        )
+        .await;
+    let p = problem(&res, 400);
+    assert!(p.to_string().contains("cannot be turned off"), "{p}");
+    let other = mesh.gateway.new_user("eve@example.com").await;
+    let res = other
+        .get(&format!(
+            "/v1/users/{}/notification-preferences",
+            "someone-else"
+        ))
+        .await;
+    problem(&res, 404);
+
+    deposit(&ada, "d2", "100").await;
+    let second = wait_for_notification(&ada, |n| {
+        n["title"] == "Deposit received" && n["body"].as_str().unwrap().contains("1.00 EUR")
+    })
+    .await;
+    assert_eq!(second["emailState"], "EMAIL_STATE_NONE", "{second}");
+    let deposits = mesh
+        .smtp
+        .messages()
+        .into_iter()
+        .filter(|m| to("ada@example.com")(m) && m.subject == "Deposit received")
+        .count();
+    assert_eq!(deposits, 1, "payments email is off");
+
+    // Someone else's notifications are not Ada's.
+    let theirs = other.get("/v1/notifications").await.json();
+    assert!(!theirs.to_string().contains("Deposit received"), "{theirs}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_reset_goes_by_email_once_and_ends_every_session() {
+    let mesh = NotifyMesh::start().await;
+    let anon = mesh.gateway.anonymous();
+    mesh.gateway.new_user("bob@example.com").await;
+    let login = anon
+        .post(
+            "/v1/auth/login",
+            json!({"email": "bob@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let old_refresh = login.json()["refreshToken"].as_str().unwrap().to_string();
+
+    // The same answer whether or not the account exists.
+    let known = anon
+        .post(
+            "/v1/auth/password-reset",
+            json!({"email": "Bob@Example.com"}),
+        )
+        .await;
+    let unknown = anon
+        .post(
+            "/v1/auth/password-reset",
+            json!({"email": "nobody@example.com"}),
+        )
+        .await;
+    assert_eq!(known.status, 202, "{}", known.text());
+    assert_eq!(unknown.status, 202, "{}", unknown.text());
+    assert_eq!(known.body, unknown.body);
+
+    let mail = mesh
+        .smtp
+        .wait_for(Duration::from_secs(20), |m| {
+            to("bob@example.com")(m) && m.subject == "Password reset requested"
+        })
+        .await;
+    let token = mail
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with("omr_"))
+        .unwrap_or_else(|| panic!("no token in {}", mail.text))
+        .to_string();
+    assert!(
+        mail.text.contains(&format!(
+            "https://shop.example/reset-password?token={token}"
+        )),
+        "{}",
+        mail.text
+    );
+    assert!(
+        !mesh
+            .smtp
+            .messages()
+            .iter()
+            .any(|m| to("nobody@example.com")(m)),
+        "no email for an unknown address"
+    );
+
+    // Wrong, then too short, then right; the token then is spent.
+    let res = anon
+        .post(
+            "/v1/auth/password-reset:confirm",
+            json!({"token": "omr_not-a-token", "newPassword": "a new long password"}),
+        )
+        .await;
+    let refused = problem(&res, 400);
+    assert!(refused.to_string().contains("token"), "{refused}");
+    let res = anon
+        .post(
+            "/v1/auth/password-reset:confirm",
+            json!({"token": token, "newPassword": "short"}),
+        )
+        .await;
+    problem(&res, 400);
+    let res = anon
+        .post(
+            "/v1/auth/password-reset:confirm",
+            json!({"token": token, "newPassword": "a new long password"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = anon
+        .post(
+            "/v1/auth/password-reset:confirm",
+            json!({"token": token, "newPassword": "another long password"}),
+        )
+        .await;
+    assert_eq!(problem(&res, 400)["violations"], refused["violations"]);
+
+    // The new password signs in, the old one does not, the old session has ended.
+    let bob = anon.login("bob@example.com", "a new long password").await;
+    let res = anon
+        .post(
+            "/v1/auth/login",
+            json!({"email": "bob@example.com", "password": PASSWORD}),
+        )
+        .await;
+    problem(&res, 401);
+    let res = anon
+        .post("/v1/auth/refresh", json!({"refreshToken": old_refresh}))
+        .await;
+    problem(&res, 401);
+
+    // Told by email and in the app; the in-app text never carries the token.
+    mesh.smtp
+        .wait_for(Duration::from_secs(20), |m| {
+            to("bob@example.com")(m) && m.subject == "Your password was changed"
+        })
+        .await;
+    let n = wait_for_notification(&bob, |n| n["title"] == "Password reset requested").await;
+    assert_eq!(n["category"], "CATEGORY_SECURITY");
+    let all = bob.get("/v1/notifications").await.text();
+    assert!(!all.contains(&token), "{all}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_lost_or_sent_twice_while_the_relay_or_the_service_is_down() {
+    let mut mesh = NotifyMesh::start().await;
+    let cy = mesh.gateway.new_user("cy@example.com").await;
+
+    // The mail relay is down: the notification is taken in, its email waits and retries.
+    mesh.smtp.stop();
+    deposit(&cy, "r1", "700").await;
+    wait_for_notification(&cy, |n| n["emailState"] == "EMAIL_STATE_PENDING").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mesh.smtp.resume();
+    mesh.smtp
+        .wait_for(Duration::from_secs(20), |m| {
+            to("cy@example.com")(m) && m.text.contains("7.00 EUR")
+        })
+        .await;
+    wait_for_notification(&cy, |n| {
+        n["body"].as_str().unwrap().contains("7.00 EUR") && n["emailState"] == "EMAIL_STATE_SENT"
+    })
+    .await;
+
+    // notification-service itself is down: the producers' outboxes keep the event.
+    mesh.stop_notification().await;
+    deposit(&cy, "r2", "800").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.start_notification().await;
+    mesh.smtp
+        .wait_for(Duration::from_secs(30), |m| {
+            to("cy@example.com")(m) && m.text.contains("8.00 EUR")
+        })
+        .await;
+    wait_for_notification(&cy, |n| n["body"].as_str().unwrap().contains("8.00 EUR")).await;
+
+    // Each event once: one email and one notification per deposit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mails = mesh.smtp.messages();
+    for amount in ["7.00 EUR", "8.00 EUR"] {
+        let n = mails
+            .iter()
+            .filter(|m| to("cy@example.com")(m) && m.text.contains(amount))
+            .count();
+        assert_eq!(n, 1, "{amount}: {mails:#?}");
+    }
+    let list = cy.get("/v1/notifications?pageSize=50").await.json();
+    let deposits = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["title"] == "Deposit received")
+        .count();
+    assert_eq!(deposits, 2, "{list}");
+    mesh.stop().await;
+}
