@@ -5,6 +5,7 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod api_key_scopes;
 pub mod descriptors;
 
 pub mod google {

@@ -553,7 +553,7 @@ async fn every_mistake_gets_its_documented_answer() {
     assert!(doc["paths"]["/v1/orders/{name}:cancel"]["post"].is_object());
     assert_eq!(
         doc["paths"]["/v1/wallet/deposits"]["post"]["security"],
-        json!([{"bearer": []}])
+        json!([{"bearer": []}, {"apiKey": []}])
     );
 
     // Metrics are on the admin listener only, and use route templates, not raw paths.

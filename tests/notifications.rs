@@ -1,7 +1,8 @@
 //! notification-service end to end, over real sockets with real mTLS and a real SMTP server
 //! (aiosmtpd): events from the services' outboxes become emails and in-app notifications,
-//! preferences are honoured, a password reset goes by email, and nothing is lost or sent twice
-//! while the mail relay or notification-service itself is down.
+//! preferences are honoured, a password reset goes by email, nothing is lost or sent twice
+//! while the mail relay or notification-service itself is down, and webhooks arrive signed
+//! (checked by the Standard Webhooks library), retried, logged and re-sent.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use ordermesh_tests::gateway::RunningGateway;
 use ordermesh_tests::http::{Api, HttpResponse, StreamingResponse};
 use ordermesh_tests::mesh::{RunningService, TestCerts, service_config};
 use ordermesh_tests::smtp::{CapturedMail, SmtpServer};
+use ordermesh_tests::webhook_receiver::WebhookReceiver;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery";
@@ -476,5 +478,103 @@ async fn nothing_is_lost_or_sent_twice_while_the_relay_or_the_service_is_down() 
         .filter(|n| n["title"] == "Deposit received")
         .count();
     assert_eq!(deposits, 2, "{list}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_are_signed_retried_logged_and_resent() {
+    let mesh = NotifyMesh::start().await;
+    let receiver = WebhookReceiver::start();
+    let dana = mesh.gateway.new_user("dana@example.com").await;
+
+    // Bad registrations are refused.
+    for bad in [
+        json!({"url": "ftp://example.com/x", "eventTypes": ["payment.deposited"]}),
+        json!({"url": receiver.url, "eventTypes": ["user.password_changed"]}),
+        json!({"url": receiver.url, "eventTypes": []}),
+    ] {
+        let res = dana.post("/v1/webhook-endpoints", bad).await;
+        problem(&res, 400);
+    }
+
+    let res = dana
+        .post(
+            "/v1/webhook-endpoints",
+            json!({"url": receiver.url, "eventTypes": ["payment.deposited", "payment.refunded"],
+                   "description": "books"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let created = res.json();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    let endpoint = created["endpoint"]["name"].as_str().unwrap().to_string();
+    receiver.set_secret(&secret);
+    let listed = dana.get("/v1/webhook-endpoints").await;
+    assert!(listed.text().contains(&endpoint) && !listed.text().contains(&secret));
+
+    // Two 500s, then delivered: every attempt signed and carrying the same webhook-id.
+    receiver.fail_next(2);
+    deposit(&dana, "w1", "1500").await;
+    receiver
+        .wait_until(Duration::from_secs(30), |r| {
+            r.iter().any(|x| x.status == 200)
+        })
+        .await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(got.iter().all(|r| r.verified), "{got:#?}");
+    assert!(
+        got.iter().all(|r| r.id == got[0].id),
+        "one webhook-id: {got:#?}"
+    );
+    let body: Value = serde_json::from_str(&got[2].body).unwrap();
+    assert_eq!(body["type"], "payment.deposited");
+    assert_eq!(body["data"]["attributes"]["amount_minor"], "1500");
+    assert_eq!(body["data"]["id"], got[0].id.as_str());
+
+    // The owner reads the delivery log; nobody else does.
+    let log = dana.get(&format!("/v1/{endpoint}/deliveries")).await;
+    assert_eq!(log.status, 200, "{}", log.text());
+    let delivery = log.json()["deliveries"][0].clone();
+    assert_eq!(delivery["state"], "DELIVERY_STATE_SUCCEEDED", "{delivery}");
+    assert_eq!(delivery["attempts"], 3);
+    assert_eq!(delivery["lastStatusCode"], 200);
+    let other = mesh.gateway.new_user("mallory@example.com").await;
+    problem(&other.get(&format!("/v1/{endpoint}/deliveries")).await, 404);
+
+    // A re-send: the same webhook-id once more, freshly signed.
+    let name = delivery["name"].as_str().unwrap();
+    let res = dana.post(&format!("/v1/{name}:resend"), json!({})).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    receiver
+        .wait_until(Duration::from_secs(20), |r| {
+            r.iter().filter(|x| x.status == 200).count() == 2
+        })
+        .await;
+    let got = receiver.received();
+    assert!(
+        got.iter().all(|r| r.verified && r.id == got[0].id),
+        "{got:#?}"
+    );
+
+    // Each event once per delivery id; a deleted endpoint gets nothing more.
+    deposit(&dana, "w2", "200").await;
+    receiver
+        .wait_until(Duration::from_secs(20), |r| {
+            r.iter()
+                .map(|x| x.id.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 2
+        })
+        .await;
+    let res = dana.call("DELETE", &format!("/v1/{endpoint}"), None).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let before = receiver.received().len();
+    deposit(&dana, "w3", "300").await;
+    wait_for_notification(&dana, |n| n["body"].as_str().unwrap().contains("3.00 EUR")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), before, "nothing after deletion");
     mesh.stop().await;
 }

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ordermesh_contracts::user::user_service_client::UserServiceClient;
-use ordermesh_contracts::user::{GetJwksRequest, ListRevocationsRequest};
+use ordermesh_contracts::user::{
+    GetJwksRequest, ListRevocationsRequest, VerifiedApiKey, VerifyApiKeyRequest,
+};
 use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::jwt::AccessClaims;
 use tokio::sync::RwLock;
 
+use crate::api_keys::ResolvedKeys;
 use crate::revocations::RevocationList;
 use crate::verified_tokens::VerifiedTokens;
 
@@ -45,6 +48,8 @@ pub enum AuthError {
     KeysUnavailable,
     #[error("the token was revoked: {0}")]
     Revoked(&'static str),
+    #[error("the API key is unknown, revoked or expired")]
+    BadApiKey,
 }
 
 struct Keys {
@@ -58,6 +63,7 @@ pub struct Verifier {
     keys: RwLock<Keys>,
     validation: Validation,
     verified: VerifiedTokens,
+    api_keys: ResolvedKeys,
     refresh_failures: prometheus_client::metrics::counter::Counter,
 }
 
@@ -72,6 +78,7 @@ impl Verifier {
             }),
             validation: validation(issuer, audience),
             verified: VerifiedTokens::new(VERIFIED_CAPACITY, LEEWAY_SECS as i64),
+            api_keys: ResolvedKeys::default(),
             refresh_failures: Default::default(),
         }
     }
@@ -170,6 +177,52 @@ impl Verifier {
             Some(why) => Err(AuthError::Revoked(why)),
             None => Ok(claims),
         }
+    }
+
+    /// An API key's owner, roles and scopes: from memory when resolved lately (see
+    /// [`crate::api_keys`]), else from user-service. Refused once revoked or expired.
+    pub async fn verify_api_key(&self, key: &str) -> Result<Arc<VerifiedApiKey>, AuthError> {
+        if key.is_empty() || key.len() > 256 {
+            return Err(AuthError::BadApiKey);
+        }
+        let verified = match self.api_keys.get(key) {
+            Some(v) => v,
+            None => {
+                let mut req = tonic::Request::new(VerifyApiKeyRequest {
+                    key: key.to_string(),
+                });
+                req.set_timeout(Duration::from_secs(2));
+                match self.users.clone().verify_api_key(req).await {
+                    Ok(answer) => {
+                        let v = Arc::new(answer.into_inner());
+                        self.api_keys.insert(key, v.clone());
+                        v
+                    }
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
+                        ) =>
+                    {
+                        return Err(AuthError::BadApiKey);
+                    }
+                    Err(_) => return Err(AuthError::KeysUnavailable),
+                }
+            }
+        };
+        if self.revocations.key_revoked(&verified.key_id) {
+            self.api_keys.forget(&verified.key_id);
+            return Err(AuthError::BadApiKey);
+        }
+        let now = ordermesh_platform::store::now_unix();
+        if verified
+            .expire_time
+            .as_ref()
+            .is_some_and(|t| t.seconds <= now)
+        {
+            return Err(AuthError::BadApiKey);
+        }
+        Ok(verified)
     }
 
     /// A token verified before is taken from memory while its `exp` and `nbf` hold: a key

@@ -18,17 +18,28 @@ use crate::auth::AuthError;
 use crate::endpoint::Endpoint;
 use crate::problem::Problem;
 use crate::request_id::{REQUEST_ID, RequestId};
+use crate::routes::Resolved;
 use crate::server::Gateway;
+use ordermesh_contracts::api_key_scopes::{ADMIN_SCOPE, scope_of};
+use ordermesh_platform::user_context::ROLE_ADMIN;
 
-/// Who is calling: nobody in particular (a public endpoint), or a verified user.
+/// Who is calling: nobody in particular (a public endpoint), or a verified user, in person
+/// (an access token) or through one of their API keys.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
     claims: Option<Arc<AccessClaims>>,
+    /// The id of the API key the call came with.
+    api_key: Option<String>,
 }
 
 impl Caller {
     pub fn user(&self) -> Option<&AccessClaims> {
         self.claims.as_deref()
+    }
+
+    /// The API key the call came with, if it came with one.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     /// The metadata sent to a backend: built fresh, so nothing a client sent is forwarded.
@@ -60,11 +71,14 @@ pub async fn authenticate(
     mut req: Request<Body>,
     next: Next,
 ) -> Response {
-    let audience = req
-        .extensions()
-        .get::<Endpoint>()
-        .map_or(Audience::Public, |e| e.audience);
-    match gw.caller(req.headers(), audience).await {
+    let (audience, scope) =
+        req.extensions()
+            .get::<Endpoint>()
+            .map_or((Audience::Public, None), |e| match &e.resolved {
+                Resolved::Found(route, _) => (e.audience, scope_of(route.rpc)),
+                _ => (e.audience, None),
+            });
+    match gw.caller(req.headers(), audience, scope).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -74,11 +88,13 @@ pub async fn authenticate(
 }
 
 impl Gateway {
-    /// Authenticates the caller as `audience` requires.
+    /// Authenticates the caller as `audience` requires; an API key must also hold `scope`
+    /// (the endpoint's, derived from the contracts; `None`: keys cannot call it).
     async fn caller(
         &self,
         headers: &http::HeaderMap,
         audience: Audience,
+        scope: Option<String>,
     ) -> Result<Caller, Problem> {
         match audience {
             Audience::Public => return Ok(Caller::default()),
@@ -99,6 +115,9 @@ impl Gateway {
             Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
                 .with_header(header::WWW_AUTHENTICATE, &challenge)
         };
+        if let Some(key) = crate::api_keys::presented(headers) {
+            return self.key_caller(key, audience, scope).await;
+        }
         let token = crate::auth::Verifier::bearer(headers).map_err(unauthorized)?;
         let claims = match self.verifier.verify(token).await {
             Ok(c) => c,
@@ -123,6 +142,68 @@ impl Gateway {
         tracing::Span::current().record("enduser.id", claims.sub.as_str());
         Ok(Caller {
             claims: Some(claims),
+            api_key: None,
+        })
+    }
+
+    /// A caller by API key: acting as the key's owner, with the admin role only when the key
+    /// says `admin` too, and only where the key's scopes reach.
+    async fn key_caller(
+        &self,
+        key: &str,
+        audience: Audience,
+        scope: Option<String>,
+    ) -> Result<Caller, Problem> {
+        let verified = match self.verifier.verify_api_key(key).await {
+            Ok(v) => v,
+            Err(AuthError::KeysUnavailable) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "cannot verify API keys right now",
+                ));
+            }
+            Err(e) => {
+                return Err(Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    e.to_string(),
+                )
+                .with_header(header::WWW_AUTHENTICATE, "ApiKey"));
+            }
+        };
+        let forbidden =
+            |detail: String| Problem::new(StatusCode::FORBIDDEN, "permission-denied", detail);
+        let admin_scope = verified.scopes.iter().any(|s| s == ADMIN_SCOPE);
+        let roles: Vec<String> = verified
+            .roles
+            .iter()
+            .filter(|r| r.as_str() != ROLE_ADMIN || admin_scope)
+            .cloned()
+            .collect();
+        let context = UserContext::new(verified.user_id.as_str(), &roles);
+        if audience == Audience::Admin && !context.is_admin() {
+            return Err(forbidden(
+                "this endpoint is for administrators; an API key reaches it only with the admin scope on an admin's key".into(),
+            ));
+        }
+        match scope {
+            Some(s) if verified.scopes.contains(&s) => {}
+            Some(s) => {
+                return Err(forbidden(format!(
+                    "the API key's scopes do not include {s}"
+                )));
+            }
+            None => return Err(forbidden("API keys cannot call this endpoint".into())),
+        }
+        tracing::Span::current().record("enduser.id", verified.user_id.as_str());
+        Ok(Caller {
+            claims: Some(Arc::new(AccessClaims {
+                sub: verified.user_id.clone(),
+                roles,
+                ..Default::default()
+            })),
+            api_key: Some(verified.key_id.clone()),
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct GatewayConfig {
     pub rate_account: Limit,
     /// Every request, per client address, before authentication.
     pub rate_address: Limit,
+    /// Requests with an API key, per key.
+    pub rate_api_key: Limit,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     /// How often revocations are fetched from user-service: the longest a revoked access
@@ -66,6 +68,10 @@ impl Default for GatewayConfig {
             rate_address: Limit {
                 per_minute: 1200,
                 burst: 200,
+            },
+            rate_api_key: Limit {
+                per_minute: 300,
+                burst: 50,
             },
             jwt_issuer: ordermesh_platform::jwt::DEFAULT_ISSUER.into(),
             jwt_audience: ordermesh_platform::jwt::DEFAULT_AUDIENCE.into(),
@@ -149,6 +155,13 @@ impl GatewayConfig {
                     d.rate_address.per_minute,
                 )?,
                 burst: env_or("ORDERMESH_ADDRESS_RATE_LIMIT_BURST", d.rate_address.burst)?,
+            },
+            rate_api_key: Limit {
+                per_minute: env_or(
+                    "ORDERMESH_API_KEY_RATE_LIMIT_PER_MINUTE",
+                    d.rate_api_key.per_minute,
+                )?,
+                burst: env_or("ORDERMESH_API_KEY_RATE_LIMIT_BURST", d.rate_api_key.burst)?,
             },
             jwt_issuer: env_or("ORDERMESH_JWT_ISSUER", d.jwt_issuer)?,
             jwt_audience: env_or("ORDERMESH_JWT_AUDIENCE", d.jwt_audience)?,

@@ -3,6 +3,7 @@
 //! fan-out endpoint.
 
 pub mod admin;
+pub mod api_keys;
 pub mod auth;
 pub mod backends;
 pub mod caller;

@@ -29,6 +29,8 @@ pub enum Bucket {
     Account,
     /// Signed-in requests, by user.
     User,
+    /// Requests with an API key, by key.
+    ApiKey,
 }
 
 impl Bucket {
@@ -37,6 +39,7 @@ impl Bucket {
             Self::Address => "address",
             Self::Account => "account",
             Self::User => "user",
+            Self::ApiKey => "api_key",
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct RateLimits {
     default: (Keyed, Limit),
     account: (Keyed, Limit),
     address: (Keyed, Limit),
+    api_key: (Keyed, Limit),
     clock: DefaultClock,
 }
 
@@ -73,14 +77,21 @@ fn limiter(l: Limit) -> Keyed {
 
 impl RateLimits {
     /// `default` per user, `account` per address on account routes, `address` per address
-    /// on every request.
+    /// on every request; API keys draw on `default` too unless [`RateLimits::with_api_keys`].
     pub fn new(default: Limit, account: Limit, address: Limit) -> Self {
         Self {
             default: (limiter(default), default),
             account: (limiter(account), account),
             address: (limiter(address), address),
+            api_key: (limiter(default), default),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// `api_key` per API key.
+    pub fn with_api_keys(mut self, api_key: Limit) -> Self {
+        self.api_key = (limiter(api_key), api_key);
+        self
     }
 
     /// Takes one token for `key`; `Err` carries the budget with the wait in `reset`.
@@ -89,6 +100,7 @@ impl RateLimits {
             Bucket::Account => &self.account,
             Bucket::User => &self.default,
             Bucket::Address => &self.address,
+            Bucket::ApiKey => &self.api_key,
         };
         match limiter.check_key(&key.to_string()) {
             Ok(snapshot) => Ok(Budget {
@@ -112,6 +124,7 @@ impl RateLimits {
         self.default.0.retain_recent();
         self.account.0.retain_recent();
         self.address.0.retain_recent();
+        self.api_key.0.retain_recent();
     }
 }
 

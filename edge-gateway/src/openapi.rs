@@ -310,13 +310,28 @@ pub fn document(routes: &[Route]) -> Value {
                     "description": "`event: message` with one JSON message per event; `event: error` with a problem ends the stream"}},
             });
         }
+        // A signed-in caller: an access token, or an API key holding the method's scope.
+        let scope = ordermesh_contracts::api_key_scopes::scope_of(route.rpc);
+        let signed_in = json!([{"bearer": []}, {"apiKey": []}]);
+        let key_note = |scope: &Option<String>| {
+            scope
+                .as_ref()
+                .map(|s| format!("API keys need the `{s}` scope."))
+                .unwrap_or_default()
+        };
         match route.rpc.audience {
             Audience::Public => op["security"] = json!([]),
             Audience::Admin => {
-                op["security"] = json!([{"bearer": []}]);
-                op["description"] = json!("Administrators only.");
+                op["security"] = signed_in;
+                op["description"] = json!(format!(
+                    "Administrators only. {} and `admin`, on an administrator's key.",
+                    key_note(&scope).trim_end_matches('.')
+                ));
             }
-            _ => op["security"] = json!([{"bearer": []}]),
+            _ => {
+                op["security"] = signed_in;
+                op["description"] = json!(key_note(&scope));
+            }
         }
         let body_schema = match route.body.as_str() {
             "" => None,
@@ -352,7 +367,11 @@ pub fn document(routes: &[Route]) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                    "description": "An API key (`POST /v1/api-keys`); `Authorization: ApiKey <key>` is accepted too."}
+            }
         }
     })
 }
@@ -406,7 +425,15 @@ mod tests {
         assert_eq!(doc["paths"]["/v1/products"]["get"]["security"], json!([]));
         assert_eq!(
             doc["paths"]["/v1/orders"]["post"]["security"],
-            json!([{"bearer": []}])
+            json!([{"bearer": []}, {"apiKey": []}])
+        );
+        assert_eq!(
+            doc["paths"]["/v1/orders"]["post"]["description"],
+            "API keys need the `orders:write` scope."
+        );
+        assert_eq!(
+            doc["components"]["securitySchemes"]["apiKey"]["name"],
+            "X-API-Key"
         );
         // Generators refuse two templates that differ only in variable names.
         let mut shapes: Vec<String> = paths

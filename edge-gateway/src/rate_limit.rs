@@ -73,7 +73,12 @@ pub async fn by_user(
     let Some(user) = user else {
         return next.run(req).await;
     };
-    let budget = match gw.draw(Bucket::User, &format!("user:{}", user.sub)) {
+    // A key has a budget of its own: an integration does not eat its owner's.
+    let drawn = match caller.api_key() {
+        Some(key) => gw.draw(Bucket::ApiKey, &format!("key:{key}")),
+        None => gw.draw(Bucket::User, &format!("user:{}", user.sub)),
+    };
+    let budget = match drawn {
         Ok(b) => b,
         Err(p) => return p.into_response_with(request_id.as_str()),
     };

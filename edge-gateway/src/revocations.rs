@@ -21,6 +21,8 @@ struct Known {
     sessions: HashMap<String, i64>,
     /// User id → tokens issued before this (unix ms) no longer count.
     not_before: HashMap<String, i64>,
+    /// Revoked API key id → when (unix ms).
+    api_keys: HashMap<String, i64>,
     cursor: String,
 }
 
@@ -72,6 +74,9 @@ impl RevocationList {
                     let entry = known.not_before.entry(r.subject.clone()).or_insert(at);
                     *entry = (*entry).max(at);
                 }
+                Ok(Kind::ApiKey) => {
+                    known.api_keys.insert(r.subject.clone(), at);
+                }
                 _ => {}
             }
         }
@@ -79,6 +84,15 @@ impl RevocationList {
         let horizon = now_ms() - REMEMBER.as_millis() as i64;
         known.sessions.retain(|_, at| *at > horizon);
         known.not_before.retain(|_, at| *at > horizon);
+        // A revoked key is also unknown to user-service, so no cached answer about it
+        // outlives this horizon (the gateway caches keys for far less).
+        known.api_keys.retain(|_, at| *at > horizon);
+    }
+
+    /// Whether API key `key_id` was revoked.
+    pub fn key_revoked(&self, key_id: &str) -> bool {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        known.api_keys.contains_key(key_id)
     }
 
     /// Why `claims` no longer count, if they don't.

@@ -47,7 +47,8 @@ impl Gateway {
                 config.rate_default,
                 config.rate_account,
                 config.rate_address,
-            ),
+            )
+            .with_api_keys(config.rate_api_key),
             http_metrics: HttpMetrics::registered(&metrics),
             metrics,
             config,

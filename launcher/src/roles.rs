@@ -13,7 +13,8 @@ use ordermesh_edge_gateway::auth::Verifier;
 use ordermesh_edge_gateway::backends::Backends;
 use ordermesh_edge_gateway::{Gateway, GatewayConfig};
 use ordermesh_notification_service::{
-    Dispatcher, Inbox, MailSettings, MailTransport, Mailer, NotificationServer, SmtpSettings,
+    Dispatcher, Inbox, MailSettings, MailTransport, Mailer, NotificationServer, Parts,
+    SmtpSettings, Wakes, WebhookSender, WebhookSettings, Webhooks,
 };
 use ordermesh_order_service::catalog::Catalog;
 use ordermesh_order_service::orders::Orders;
@@ -233,6 +234,8 @@ pub enum RoleError {
     Bootstrap(tonic::Status),
     #[error("email: {0}")]
     Mail(#[from] ordermesh_notification_service::mail::MailError),
+    #[error("webhook client: {0}")]
+    Webhooks(String),
 }
 
 /// Everything a service role needs to run.
@@ -250,6 +253,8 @@ pub struct ServiceConfig {
     pub seed_demo_catalog: bool,
     /// notification-service: how email leaves (`None`: `.eml` files under the data directory).
     pub mail: Option<MailSettings>,
+    /// notification-service: webhook delivery.
+    pub webhooks: WebhookSettings,
 }
 
 impl ServiceConfig {
@@ -265,8 +270,26 @@ impl ServiceConfig {
             saga: SagaSettings::default(),
             seed_demo_catalog: env_or("ORDERMESH_SEED_DEMO_CATALOG", false)?,
             mail: mail_from_env()?,
+            webhooks: webhooks_from_env()?,
         })
     }
+}
+
+/// `ORDERMESH_WEBHOOKS_ALLOW_PRIVATE` (local runs: http and private targets),
+/// `ORDERMESH_WEBHOOK_MAX_ATTEMPTS`, `ORDERMESH_WEBHOOK_RETRY_BASE_MS`,
+/// `ORDERMESH_WEBHOOK_DISABLE_AFTER`.
+pub fn webhooks_from_env() -> Result<WebhookSettings, ConfigError> {
+    let d = WebhookSettings::default();
+    Ok(WebhookSettings {
+        allow_private: env_or("ORDERMESH_WEBHOOKS_ALLOW_PRIVATE", d.allow_private)?,
+        max_attempts: env_or("ORDERMESH_WEBHOOK_MAX_ATTEMPTS", d.max_attempts)?,
+        retry_base: std::time::Duration::from_millis(env_or(
+            "ORDERMESH_WEBHOOK_RETRY_BASE_MS",
+            d.retry_base.as_millis() as u64,
+        )?),
+        disable_after: env_or("ORDERMESH_WEBHOOK_DISABLE_AFTER", d.disable_after)?,
+        ..d
+    })
 }
 
 /// `ORDERMESH_SMTP_HOST` (with `_PORT`, `_SECURITY` none|starttls|tls, `_USERNAME`,
@@ -422,19 +445,37 @@ impl BoundService {
                     tracing::info!(dir = %dir.display(), "emails are written as .eml files");
                 }
                 let mailer = Mailer::new(settings)?;
-                let inbox = Inbox::new(table);
-                let queued = Arc::new(tokio::sync::Notify::new());
+                let inbox = Inbox::new(table.clone());
+                let webhooks = Webhooks::new(table.clone(), config.webhooks.allow_private);
+                let wakes = Wakes::default();
                 background.push(
-                    Dispatcher::new(inbox.clone(), mailer.clone(), queued.clone())
+                    Dispatcher::queue(inbox.clone(), mailer.clone(), wakes.mail.clone())
                         .spawn(shutdown.clone()),
                 );
+                background.push(
+                    WebhookSender::queue(
+                        webhooks.clone(),
+                        config.webhooks.clone(),
+                        wakes.hooks.clone(),
+                    )
+                    .map_err(|e| RoleError::Webhooks(e.to_string()))?
+                    .spawn(shutdown.clone()),
+                );
+                // Its own events (webhook endpoint changes) go to the audit trail.
+                let outbox = Outbox::new(workloads::NOTIFICATION).observed_in(&metrics);
+                background.extend(spawn_relays(&outbox, &table, &channels, config, &shutdown)?);
                 let users = UserServiceClient::new(
                     channels.channel(workloads::USER, &config.upstreams.user)?,
                 );
-                server.add_service(
-                    NotificationServer::new(inbox, mailer, users, queued, shutdown.clone())
-                        .into_service(),
-                )
+                let parts = Parts {
+                    inbox,
+                    mailer,
+                    webhooks,
+                    users,
+                    outbox,
+                    wakes,
+                };
+                server.add_service(NotificationServer::new(parts, shutdown.clone()).into_service())
             }
             Role::Audit => {
                 let table = config.store.open(schema::AUDIT).await?;
@@ -547,7 +588,7 @@ fn spawn_relays(
         AuditServiceClient::new(channels.channel(workloads::AUDIT, &config.upstreams.audit)?);
     let mut relays =
         vec![outbox.spawn_relay(table.clone(), Destination::Audit(audit), shutdown.clone())];
-    if !config.upstreams.notification.is_empty() {
+    if outbox.feeds_notifications() {
         let notification = NotificationServiceClient::new(
             channels.channel(workloads::NOTIFICATION, &config.upstreams.notification)?,
         );

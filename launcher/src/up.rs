@@ -13,7 +13,7 @@ use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::schema::StoreConfig;
 
 use crate::roles::{BoundService, JwtSettings, Role, RoleError, ServiceConfig, Upstreams};
-use ordermesh_notification_service::{MailSettings, MailTransport};
+use ordermesh_notification_service::{MailSettings, MailTransport, WebhookSettings};
 use ordermesh_order_service::SagaSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +255,11 @@ pub async fn up(options: UpOptions, shutdown: Shutdown) -> Result<(), UpError> {
             saga: SagaSettings::default(),
             seed_demo_catalog: true,
             mail: Some(mail.clone()),
+            // Local runs: receivers on this machine, over plain http, are fine.
+            webhooks: WebhookSettings {
+                allow_private: true,
+                ..crate::roles::webhooks_from_env()?
+            },
         };
         let service = BoundService::bind(role, config).await?;
         info.services

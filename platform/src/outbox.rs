@@ -148,6 +148,11 @@ impl Outbox {
         self
     }
 
+    /// Whether events are also written for notification-service.
+    pub fn feeds_notifications(&self) -> bool {
+        self.notifies.is_some()
+    }
+
     /// Reports the backlog in `metrics` (see [`OutboxGauges`]).
     pub fn observed_in(mut self, metrics: &Metrics) -> Self {
         let labels = OutboxLabels {

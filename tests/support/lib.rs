@@ -12,6 +12,7 @@ pub mod process;
 pub mod smtp;
 pub mod stores;
 pub mod up_process;
+pub mod webhook_receiver;
 
 use std::path::PathBuf;
 

@@ -170,6 +170,11 @@ pub fn service_config(
         },
         seed_demo_catalog: false,
         mail: None,
+        webhooks: ordermesh_notification_service::WebhookSettings {
+            allow_private: true,
+            retry_base: Duration::from_millis(200),
+            ..Default::default()
+        },
     }
 }
 

@@ -6,27 +6,21 @@
 //! acceptance and the queue's delete sends that email again on the next round.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ordermesh_contracts::notification::EmailState;
 use ordermesh_platform::clock::unix_millis;
 use ordermesh_platform::identity::workloads;
-use ordermesh_platform::lease::Leases;
 use ordermesh_platform::outbox::spread;
-use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::store::{Condition, Item, NewItem, Query, StoreError, Table, Write};
 use prost::Message;
-use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::inbox::{Inbox, InboxError, Stored, inbox_pk};
+use crate::leased_queue::{LeasedQueue, Worker, backoff, partition_key};
 use crate::mail::{Mailer, Rendered};
 
 /// Partitions of the email queue.
 pub const MAIL_PARTITIONS: u32 = 4;
-const LEASE: Duration = Duration::from_secs(30);
-const BATCH: usize = 50;
-const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// An email waiting to be sent.
 #[derive(Clone, PartialEq, Message)]
@@ -50,8 +44,10 @@ pub struct QueuedEmail {
     pub last_error: String,
 }
 
+const MAIL_QUEUE: &str = "mail";
+
 fn mail_pk(partition: u32) -> String {
-    format!("mail#{partition}")
+    partition_key(MAIL_QUEUE, partition)
 }
 
 /// The write that queues notification `id`'s email; put it in the notification's batch.
@@ -88,7 +84,7 @@ pub async fn queued_count(table: &Table) -> Result<usize, StoreError> {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum DispatchError {
+pub enum DispatchError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -97,99 +93,38 @@ enum DispatchError {
     Corrupt(#[from] prost::DecodeError),
 }
 
-/// Sends queued emails until shutdown.
+/// Sends queued emails: the [`LeasedQueue`] worker of the `mail` queue.
 pub struct Dispatcher {
     inbox: Inbox,
     mailer: Mailer,
-    leases: Leases,
-    wake: Arc<Notify>,
 }
 
 impl Dispatcher {
-    pub fn new(inbox: Inbox, mailer: Mailer, wake: Arc<Notify>) -> Self {
-        let leases = Leases::new(
-            inbox.table().clone(),
-            Leases::replica_owner(workloads::NOTIFICATION),
-        );
-        Self {
-            inbox,
-            mailer,
-            leases,
+    /// The email queue, worked until shutdown; `wake` is notified when an email is queued.
+    pub fn queue(inbox: Inbox, mailer: Mailer, wake: Arc<Notify>) -> LeasedQueue<Self> {
+        let table = inbox.table().clone();
+        LeasedQueue::new(
+            table,
+            workloads::NOTIFICATION,
+            MAIL_QUEUE,
+            MAIL_PARTITIONS,
+            Self { inbox, mailer },
             wake,
-        }
+        )
     }
+}
 
-    pub fn spawn(self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run(shutdown))
-    }
+impl Worker for Dispatcher {
+    type Error = DispatchError;
 
-    async fn run(self, shutdown: Shutdown) {
-        loop {
-            if shutdown.is_triggered() {
-                return;
-            }
-            let round = tokio::select! {
-                r = self.round() => r,
-                _ = shutdown.wait() => return,
-            };
-            let wait = match round {
-                Ok(Some(next_due)) => next_due.min(IDLE_POLL),
-                Ok(None) => IDLE_POLL,
-                Err(e) => {
-                    tracing::warn!(error = %e, "email queue round failed");
-                    IDLE_POLL
-                }
-            };
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait() => return,
-            }
-        }
-    }
-
-    /// Works every partition no other replica is working; returns how long until the
-    /// soonest email still waiting is due.
-    async fn round(&self) -> Result<Option<Duration>, DispatchError> {
-        let mut next_due: Option<i64> = None;
-        for p in 0..MAIL_PARTITIONS {
-            let pk = mail_pk(p);
-            let page = self
-                .inbox
-                .table()
-                .query(Query::partition(&pk).limit(BATCH))
-                .await?;
-            if page.items.is_empty() {
-                continue;
-            }
-            let Some(claim) = self.leases.try_claim(&format!("mail/{p}"), LEASE).await? else {
-                continue;
-            };
-            let mut outcome = Ok(());
-            for item in &page.items {
-                if claim.remaining() < Duration::from_secs(5) {
-                    break;
-                }
-                match self.attempt(item).await {
-                    Ok(Some(due)) => next_due = Some(next_due.map_or(due, |d| d.min(due))),
-                    Ok(None) => {}
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                }
-            }
-            if let Err(e) = self.leases.release(claim).await {
-                tracing::debug!(error = %e, "email queue lease not released; it will expire");
-            }
-            outcome?;
-        }
-        let now = unix_millis();
-        Ok(next_due.map(|due| Duration::from_millis((due - now).max(0) as u64)))
-    }
-
-    /// Sends one queued email if it is due. Returns when it is due next, if it stays queued.
     async fn attempt(&self, item: &Item) -> Result<Option<i64>, DispatchError> {
+        self.send(item).await
+    }
+}
+
+impl Dispatcher {
+    /// Sends one queued email if it is due. Returns when it is due next, if it stays queued.
+    async fn send(&self, item: &Item) -> Result<Option<i64>, DispatchError> {
         let mut queued = QueuedEmail::decode(item.data.as_ref())?;
         if queued.not_before_ms > unix_millis() {
             return Ok(Some(queued.not_before_ms));
@@ -276,30 +211,5 @@ impl Dispatcher {
 fn set_email_state(stored: &mut Stored, state: EmailState) {
     if let Some(n) = stored.notification.as_mut() {
         n.email_state = state as i32;
-    }
-}
-
-/// Exponential back-off with full jitter between half and all of the bound.
-fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
-    let bound = base
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
-        .min(max);
-    let ms = bound.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let base = Duration::from_secs(2);
-        let max = Duration::from_secs(300);
-        for attempts in 1..30 {
-            let d = backoff(base, max, attempts);
-            let bound = base.saturating_mul(1 << (attempts - 1).min(16)).min(max);
-            assert!(d >= bound / 2 && d <= bound, "{attempts}: {d:?}");
-        }
     }
 }

@@ -6,6 +6,7 @@ use ordermesh_platform::money::format_amount;
 
 /// Actions that notify; the outboxes send notification-service these and no others.
 pub const NOTIFYING_ACTIONS: &[&str] = &[
+    "order.created",
     "order.confirmed",
     "order.cancelled",
     "order.shipped",
@@ -60,12 +61,22 @@ fn amount(event: &AuditEvent, field: &str) -> Option<String> {
     Some(format_amount(currency, minor))
 }
 
+/// Whom `event` concerns: an order's owner, the wallet's holder, the account.
+pub fn owner_of(event: &AuditEvent) -> Option<String> {
+    match event.action.split('.').next()? {
+        "order" => user_of(event.attributes.get("owner")?),
+        "payment" => user_of(&event.actor),
+        "user" => user_of(&event.resource),
+        _ => None,
+    }
+}
+
 /// The notification `event` makes, if any.
 pub fn draft(event: &AuditEvent) -> Option<Draft> {
     let order = || id_of(&event.resource).to_string();
     let (user, category, title, body, action) = match event.action.as_str() {
         "order.confirmed" | "order.cancelled" | "order.shipped" | "order.delivered" => {
-            let user = user_of(event.attributes.get("owner")?)?;
+            let user = owner_of(event)?;
             let total = amount(event, "total_minor")
                 .map(|t| format!(" ({t})"))
                 .unwrap_or_default();
@@ -98,7 +109,7 @@ pub fn draft(event: &AuditEvent) -> Option<Draft> {
             (user, Category::Orders, title, body, action)
         }
         "payment.deposited" => {
-            let user = user_of(&event.actor)?;
+            let user = owner_of(event)?;
             let money = amount(event, "amount_minor")?;
             (
                 user,
@@ -109,7 +120,7 @@ pub fn draft(event: &AuditEvent) -> Option<Draft> {
             )
         }
         "payment.refunded" => {
-            let user = user_of(&event.actor)?;
+            let user = owner_of(event)?;
             let money = amount(event, "amount_minor")?;
             let about = event
                 .attributes
@@ -125,7 +136,7 @@ pub fn draft(event: &AuditEvent) -> Option<Draft> {
             )
         }
         "user.password_changed" | "user.password_reset" => {
-            let user = user_of(&event.resource)?;
+            let user = owner_of(event)?;
             (
                 user,
                 Category::Security,
@@ -135,7 +146,7 @@ pub fn draft(event: &AuditEvent) -> Option<Draft> {
             )
         }
         "user.password_reset_requested" => {
-            let user = user_of(&event.resource)?;
+            let user = owner_of(event)?;
             // The token travels only in the email; without it (an event replayed from the
             // audit trail, say) there is nothing to send.
             let token = event.attributes.get("reset_token")?.clone();
@@ -244,15 +255,14 @@ mod tests {
 
     #[test]
     fn other_events_and_unusable_ones_notify_nobody() {
-        assert!(
-            draft(&event(
-                "order.created",
-                "users/u1",
-                "orders/o1",
-                &[("owner", "users/u1")]
-            ))
-            .is_none()
+        let created = event(
+            "order.created",
+            "users/u1",
+            "orders/o1",
+            &[("owner", "users/u1")],
         );
+        assert!(draft(&created).is_none(), "no notification; webhooks only");
+        assert_eq!(owner_of(&created).as_deref(), Some("u1"));
         assert!(draft(&event("order.shipped", "users/a", "orders/o1", &[])).is_none());
         assert!(draft(&event("payment.deposited", "users/u1", "t", &[])).is_none());
         assert!(!notifies("user.logged_in"));

@@ -11,27 +11,34 @@ use ordermesh_contracts::notification::notification_service_server::{
     NotificationService, NotificationServiceServer,
 };
 use ordermesh_contracts::notification::{
-    GetNotificationPreferencesRequest, IngestRequest, IngestResponse, ListNotificationsRequest,
-    ListNotificationsResponse, MarkNotificationsReadRequest, MarkNotificationsReadResponse,
-    Notification, NotificationPreferences, StreamNotificationsRequest,
-    UpdateNotificationPreferencesRequest,
+    CreateWebhookEndpointRequest, CreateWebhookEndpointResponse, DeleteWebhookEndpointRequest,
+    DeleteWebhookEndpointResponse, DeliveryState, GetNotificationPreferencesRequest, IngestRequest,
+    IngestResponse, ListNotificationsRequest, ListNotificationsResponse,
+    ListWebhookDeliveriesRequest, ListWebhookDeliveriesResponse, ListWebhookEndpointsRequest,
+    ListWebhookEndpointsResponse, MarkNotificationsReadRequest, MarkNotificationsReadResponse,
+    Notification, NotificationPreferences, ResendWebhookDeliveryRequest,
+    StreamNotificationsRequest, UpdateNotificationPreferencesRequest, WebhookDelivery,
 };
 use ordermesh_contracts::user::GetUserRequest;
 use ordermesh_contracts::user::user_service_client::UserServiceClient;
 use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::clock::timestamp;
+use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::status::{Violations, invalid};
+use ordermesh_platform::store::{Condition, NewItem, Write};
 use ordermesh_platform::store::{Cursor, StoreError};
 use ordermesh_platform::user_context::UserContext;
+use prost::Message as _;
 use tokio::sync::Notify;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::dispatcher::enqueue;
-use crate::events::{draft, notifies};
+use crate::dispatcher::enqueue as queue_email;
+use crate::events::{draft, notifies, owner_of};
 use crate::inbox::{Inbox, InboxError, Stored, initial_email_state};
 use crate::mail::Mailer;
+use crate::webhooks::{WebhookError, Webhooks, delivery_proto, endpoint_proto, enqueue, log_pk};
 
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
@@ -57,30 +64,62 @@ impl From<InboxError> for Status {
     }
 }
 
+impl From<WebhookError> for Status {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Store(StoreError::InvalidCursor) => {
+                invalid("page_token", "is not a token this service issued")
+            }
+            WebhookError::Store(e) => e.into(),
+            WebhookError::Corrupt(e) => {
+                tracing::error!(error = %e, "unreadable webhook data");
+                Status::internal("stored webhook data is unreadable")
+            }
+            WebhookError::NotFound => Status::not_found("webhook endpoint not found"),
+            WebhookError::Invalid { field, description } => invalid(field, &description),
+        }
+    }
+}
+
+/// The senders a new item wakes.
+#[derive(Clone, Default)]
+pub struct Wakes {
+    pub mail: Arc<Notify>,
+    pub hooks: Arc<Notify>,
+}
+
 pub struct NotificationServer {
     inbox: Inbox,
     mailer: Mailer,
+    webhooks: Webhooks,
     users: UserServiceClient<MeshChannel>,
-    /// Wakes the email sender when an email was queued.
-    queued: Arc<Notify>,
+    /// notification-service's own audit events (webhook endpoint changes).
+    outbox: Outbox,
+    wakes: Wakes,
     /// Wakes this replica's streams when a notification was taken in.
     arrived: Arc<Notify>,
     shutdown: Shutdown,
 }
 
+/// What notification-service is made of.
+pub struct Parts {
+    pub inbox: Inbox,
+    pub mailer: Mailer,
+    pub webhooks: Webhooks,
+    pub users: UserServiceClient<MeshChannel>,
+    pub outbox: Outbox,
+    pub wakes: Wakes,
+}
+
 impl NotificationServer {
-    pub fn new(
-        inbox: Inbox,
-        mailer: Mailer,
-        users: UserServiceClient<MeshChannel>,
-        queued: Arc<Notify>,
-        shutdown: Shutdown,
-    ) -> Self {
+    pub fn new(parts: Parts, shutdown: Shutdown) -> Self {
         Self {
-            inbox,
-            mailer,
-            users,
-            queued,
+            inbox: parts.inbox,
+            mailer: parts.mailer,
+            webhooks: parts.webhooks,
+            users: parts.users,
+            outbox: parts.outbox,
+            wakes: parts.wakes,
             arrived: Arc::new(Notify::new()),
             shutdown,
         }
@@ -110,13 +149,38 @@ impl NotificationServer {
         }
     }
 
-    /// Takes one event in. Returns whether it made a notification (false: a re-delivery).
+    /// Takes one event in: its notification (in-app, email) and its webhook deliveries.
+    /// Returns whether it made any (false: a re-delivery; `None`: nothing to make of it).
     async fn take(&self, event: &AuditEvent) -> Result<Option<bool>, Status> {
-        let Some(draft) = draft(event) else {
+        let Some(owner) = owner_of(event) else {
             return Ok(None);
         };
+        let mut writes = match draft(event) {
+            Some(draft) => match self.notification_writes(event, &draft).await? {
+                Some(writes) => writes,
+                None => return Ok(Some(false)),
+            },
+            None => Vec::new(),
+        };
+        writes.extend(self.webhooks.deliveries_for(&owner, event).await?);
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        match self.inbox.table().write(writes).await {
+            Ok(_) => Ok(Some(true)),
+            Err(StoreError::ConditionFailed { .. }) => Ok(Some(false)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The writes of `draft`'s notification and email; `None` when it exists already.
+    async fn notification_writes(
+        &self,
+        event: &AuditEvent,
+        draft: &crate::events::Draft,
+    ) -> Result<Option<Vec<Write>>, Status> {
         if self.inbox.get(&draft.user_id, &event.id).await?.is_some() {
-            return Ok(Some(false));
+            return Ok(None);
         }
         let channels = self.inbox.channels(&draft.user_id, draft.category).await?;
         let contact = if channels.email {
@@ -140,17 +204,13 @@ impl NotificationServer {
         };
         let mut writes = vec![self.inbox.create(&draft.user_id, &stored)];
         if let Some((to, name)) = &contact {
-            let email = self.mailer.render(&draft, name).map_err(|e| {
+            let email = self.mailer.render(draft, name).map_err(|e| {
                 tracing::error!(error = %e, "email template failed");
                 Status::internal("the email could not be rendered")
             })?;
-            writes.push(enqueue(&event.id, &draft.user_id, to, email));
+            writes.push(queue_email(&event.id, &draft.user_id, to, email));
         }
-        match self.inbox.table().write(writes).await {
-            Ok(_) => Ok(Some(true)),
-            Err(StoreError::ConditionFailed { .. }) => Ok(Some(false)),
-            Err(e) => Err(e.into()),
-        }
+        Ok(Some(writes))
     }
 }
 
@@ -223,7 +283,8 @@ impl NotificationService for NotificationServer {
             }
         }
         if out.notified > 0 {
-            self.queued.notify_one();
+            self.wakes.mail.notify_one();
+            self.wakes.hooks.notify_one();
             self.arrived.notify_waiters();
         }
         Ok(Response::new(out))
@@ -359,6 +420,159 @@ impl NotificationService for NotificationServer {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<CreateWebhookEndpointRequest>,
+    ) -> Result<Response<CreateWebhookEndpointResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let req = request.into_inner();
+        let (record, write) = self
+            .webhooks
+            .prepare(&user.user_id, &req.url, &req.event_types, &req.description)
+            .await?;
+        let mut event = self.outbox.event(
+            &format!("users/{}", user.user_id),
+            "webhook_endpoint.created",
+            &format!("webhook-endpoints/{}", record.id),
+        );
+        event.attributes.insert("url".into(), record.url.clone());
+        event
+            .attributes
+            .insert("event_types".into(), record.event_types.join(" "));
+        let mut writes = vec![write];
+        writes.extend(self.outbox.writes(event));
+        self.outbox
+            .commit(self.webhooks.table().write(writes))
+            .await?;
+        Ok(Response::new(CreateWebhookEndpointResponse {
+            endpoint: Some(endpoint_proto(&record)),
+            secret: record.secret.clone(),
+        }))
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        request: Request<ListWebhookEndpointsRequest>,
+    ) -> Result<Response<ListWebhookEndpointsResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let mut endpoints = self.webhooks.endpoints_of(&user.user_id).await?;
+        endpoints.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(Response::new(ListWebhookEndpointsResponse {
+            endpoints: endpoints.iter().map(endpoint_proto).collect(),
+        }))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<DeleteWebhookEndpointResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let (record, version) = self
+            .webhooks
+            .owned(&user.user_id, &request.get_ref().name)
+            .await?;
+        let mut event = self.outbox.event(
+            &format!("users/{}", user.user_id),
+            "webhook_endpoint.deleted",
+            &format!("webhook-endpoints/{}", record.id),
+        );
+        event.attributes.insert("url".into(), record.url.clone());
+        let mut writes = vec![Write::Delete {
+            pk: crate::webhooks::endpoint_pk(&record.id),
+            sk: "endpoint".into(),
+            condition: Condition::Version(version),
+        }];
+        writes.extend(self.outbox.writes(event));
+        match self
+            .outbox
+            .commit(self.webhooks.table().write(writes))
+            .await
+        {
+            Ok(_) => Ok(Response::new(DeleteWebhookEndpointResponse {})),
+            Err(e) if e.is_condition_failed() => {
+                Err(Status::aborted("the endpoint changed meanwhile; retry"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<ListWebhookDeliveriesResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let req = request.into_inner();
+        let (endpoint, _) = self.webhooks.owned(&user.user_id, &req.parent).await?;
+        let size = match req.page_size {
+            n if n <= 0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let cursor = Cursor::from_page_token(&req.page_token)
+            .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
+        if cursor
+            .as_ref()
+            .is_some_and(|c| c.pk != log_pk(&endpoint.id))
+        {
+            return Err(invalid("page_token", "is not a token this service issued"));
+        }
+        let (deliveries, next) = self.webhooks.deliveries(&endpoint.id, size, cursor).await?;
+        Ok(Response::new(ListWebhookDeliveriesResponse {
+            deliveries,
+            next_page_token: next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn resend_webhook_delivery(
+        &self,
+        request: Request<ResendWebhookDeliveryRequest>,
+    ) -> Result<Response<WebhookDelivery>, Status> {
+        let user = UserContext::require(&request)?;
+        let name = request.into_inner().name;
+        let (endpoint_name, delivery_id) = name
+            .split_once("/deliveries/")
+            .filter(|(_, d)| valid_event_id(d))
+            .ok_or_else(|| {
+                invalid(
+                    "name",
+                    "must be webhook-endpoints/{endpoint}/deliveries/{delivery}",
+                )
+            })?;
+        let (mut endpoint, endpoint_version) =
+            self.webhooks.owned(&user.user_id, endpoint_name).await?;
+        let (mut log, log_version) = self
+            .webhooks
+            .delivery(&endpoint.id, delivery_id)
+            .await?
+            .ok_or_else(|| Status::not_found("delivery not found"))?;
+        log.state = DeliveryState::Pending as i32;
+        log.update_ms = ordermesh_platform::clock::unix_millis();
+        let mut writes = vec![
+            Write::put(
+                NewItem::new(log_pk(&endpoint.id), log.id.clone(), log.encode_to_vec()),
+                Condition::Version(log_version),
+            ),
+            // A fresh round of attempts, due now (replacing one still queued).
+            match enqueue(&endpoint.id, &log.id, 0) {
+                Write::Put { item, .. } => Write::put(item, Condition::None),
+                other => other,
+            },
+        ];
+        if endpoint.disabled {
+            endpoint.disabled = false;
+            endpoint.consecutive_failures = 0;
+            writes.push(Webhooks::put_endpoint(&endpoint, endpoint_version));
+        }
+        match self.webhooks.table().write(writes).await {
+            Ok(_) => {}
+            Err(e) if e.is_condition_failed() => {
+                return Err(Status::aborted("the delivery changed meanwhile; retry"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.wakes.hooks.notify_one();
+        Ok(Response::new(delivery_proto(&log)))
     }
 
     async fn get_notification_preferences(

@@ -6,10 +6,15 @@ pub mod dispatcher;
 pub mod events;
 pub mod grpc;
 pub mod inbox;
+pub mod leased_queue;
 pub mod mail;
+pub mod webhook_sender;
+pub mod webhooks;
 
 pub use dispatcher::Dispatcher;
 pub use events::notifies;
-pub use grpc::NotificationServer;
+pub use grpc::{NotificationServer, Parts, Wakes};
 pub use inbox::Inbox;
 pub use mail::{MailSettings, MailTransport, Mailer, SmtpSecurity, SmtpSettings};
+pub use webhook_sender::{WebhookSender, WebhookSettings};
+pub use webhooks::Webhooks;

@@ -21,6 +21,8 @@ pub enum UserError {
     Session(&'static str),
     #[error("user not found")]
     NotFound,
+    #[error("API key not found")]
+    ApiKeyNotFound,
     #[error("the session changed while refreshing; try again")]
     Raced,
     #[error("{0}")]

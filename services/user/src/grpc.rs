@@ -8,10 +8,12 @@ use std::sync::Arc;
 use ordermesh_contracts::user::user_service_server::{UserService, UserServiceServer};
 use ordermesh_contracts::user::{
     ChangePasswordRequest, ConfirmPasswordResetRequest, ConfirmPasswordResetResponse,
-    CreateUserRequest, GetJwksRequest, GetUserRequest, Jwks, ListRevocationsRequest,
+    CreateApiKeyRequest, CreateApiKeyResponse, CreateUserRequest, DeleteApiKeyRequest,
+    DeleteApiKeyResponse, GetJwksRequest, GetUserRequest, Jwks, ListApiKeyScopesRequest,
+    ListApiKeyScopesResponse, ListApiKeysRequest, ListApiKeysResponse, ListRevocationsRequest,
     ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse, RefreshTokenRequest,
     RequestPasswordResetRequest, RequestPasswordResetResponse, Role, SetUserRolesRequest,
-    TokenPair, UpdateUserRequest, User,
+    TokenPair, UpdateUserRequest, User, VerifiedApiKey, VerifyApiKeyRequest,
 };
 use ordermesh_platform::authz::CallerIdentity;
 use ordermesh_platform::outbox::Outbox;
@@ -20,6 +22,7 @@ use ordermesh_platform::user_context::{ROLE_ADMIN, ROLE_USER, UserContext};
 use tonic::{Request, Response, Status};
 
 use crate::accounts::Accounts;
+use crate::api_keys::{ApiKeys, NewKey, Requester};
 use crate::error::UserError;
 use crate::keys::SigningKeys;
 use crate::revocations;
@@ -47,7 +50,7 @@ impl From<UserError> for Status {
                     format!("too many failed sign-ins for this account; try again in {secs} s"),
                 )
             }
-            UserError::NotFound => Status::not_found(e.to_string()),
+            UserError::NotFound | UserError::ApiKeyNotFound => Status::not_found(e.to_string()),
             UserError::Raced => Status::aborted(e.to_string()),
             UserError::Internal(what) => Status::internal(what),
             UserError::ShuttingDown => Status::unavailable(e.to_string()),
@@ -59,6 +62,7 @@ impl From<UserError> for Status {
 pub struct UserServer {
     store: UserStore,
     accounts: Accounts,
+    api_keys: ApiKeys,
     sessions: Sessions,
     tokens: Arc<Tokens>,
 }
@@ -131,6 +135,7 @@ impl UserServer {
         let tokens = Arc::new(Tokens::new(keys, tokens));
         Self {
             accounts: Accounts::new(store.clone(), outbox.clone(), access_ttl),
+            api_keys: ApiKeys::new(store.clone(), outbox.clone(), access_ttl),
             sessions: Sessions::new(store.clone(), outbox, tokens.clone()),
             store,
             tokens,
@@ -210,6 +215,88 @@ impl UserService for UserServer {
             .reset_password(&req.token, &req.new_password)
             .await?;
         Ok(Response::new(ConfirmPasswordResetResponse {}))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let actor = actor_of(&request, Some(&user));
+        let req = request.into_inner();
+        let expire_ms = req.expire_time.map_or(0, |t| {
+            t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
+        });
+        let (api_key, secret) = self
+            .api_keys
+            .create(
+                &Requester {
+                    user_id: &user.user_id,
+                    is_admin: user.is_admin(),
+                    actor: &actor,
+                },
+                &NewKey {
+                    display_name: &req.display_name,
+                    scopes: &req.scopes,
+                    expire_ms,
+                    owner: &req.owner,
+                },
+            )
+            .await?;
+        Ok(Response::new(CreateApiKeyResponse {
+            api_key: Some(api_key),
+            secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        Ok(Response::new(ListApiKeysResponse {
+            api_keys: self.api_keys.list(&user.user_id).await?,
+        }))
+    }
+
+    async fn delete_api_key(
+        &self,
+        request: Request<DeleteApiKeyRequest>,
+    ) -> Result<Response<DeleteApiKeyResponse>, Status> {
+        let user = UserContext::require(&request)?;
+        let actor = actor_of(&request, Some(&user));
+        self.api_keys
+            .delete(
+                &Requester {
+                    user_id: &user.user_id,
+                    is_admin: user.is_admin(),
+                    actor: &actor,
+                },
+                &request.get_ref().name,
+            )
+            .await?;
+        Ok(Response::new(DeleteApiKeyResponse {}))
+    }
+
+    async fn list_api_key_scopes(
+        &self,
+        _request: Request<ListApiKeyScopesRequest>,
+    ) -> Result<Response<ListApiKeyScopesResponse>, Status> {
+        Ok(Response::new(ListApiKeyScopesResponse {
+            scopes: ordermesh_contracts::api_key_scopes::all().to_vec(),
+        }))
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<VerifyApiKeyRequest>,
+    ) -> Result<Response<VerifiedApiKey>, Status> {
+        match self.api_keys.verify(&request.get_ref().key).await? {
+            Some(verified) => Ok(Response::new(verified)),
+            None => Err(Status::unauthenticated(
+                "the API key is unknown, revoked or expired",
+            )),
+        }
     }
 
     async fn list_revocations(

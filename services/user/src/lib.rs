@@ -1,6 +1,7 @@
 //! user-service: who a user is and how they prove it.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod error;
 pub mod grpc;
 pub mod keys;
