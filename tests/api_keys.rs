@@ -25,17 +25,6 @@ async fn create_key(api: &Api, body: Value) -> (String, Value) {
     (secret, created["apiKey"].clone())
 }
 
-fn assert_problem(res: &HttpResponse, status: u16) -> Value {
-    assert_eq!(res.status, status, "{}", res.text());
-    assert_eq!(
-        res.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        res.text()
-    );
-    res.json()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked() {
     let certs = TestCerts::new();
@@ -110,14 +99,14 @@ async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked()
     );
 
     // Out of scope, and admin methods: 403.
-    let p = assert_problem(&with_key(gw, "PATCH", "/v1/users/me", &secret).await, 403);
+    let p = (with_key(gw, "PATCH", "/v1/users/me", &secret).await).problem(403);
     assert!(p["detail"].as_str().unwrap().contains("users:write"), "{p}");
-    assert_problem(&with_key(gw, "GET", "/v1/audit/events", &secret).await, 403);
+    (with_key(gw, "GET", "/v1/audit/events", &secret).await).problem(403);
     // Unknown and malformed keys: 401.
     let bad = with_key(gw, "GET", "/v1/users/me", &format!("{secret}x")).await;
-    assert_problem(&bad, 401);
+    bad.problem(401);
     assert_eq!(bad.header("www-authenticate"), Some("ApiKey"));
-    assert_problem(&with_key(gw, "GET", "/v1/users/me", "nonsense").await, 401);
+    (with_key(gw, "GET", "/v1/users/me", "nonsense").await).problem(401);
 
     // Creating keys: unknown scopes, and admin on a non-admin's key, are refused.
     let res = shopper
@@ -126,14 +115,14 @@ async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked()
             json!({"displayName": "x", "scopes": ["orders:fly"]}),
         )
         .await;
-    assert_problem(&res, 400);
+    res.problem(400);
     let res = shopper
         .post(
             "/v1/api-keys",
             json!({"displayName": "x", "scopes": ["admin", "audit:read"]}),
         )
         .await;
-    assert_problem(&res, 400);
+    res.problem(400);
 
     // A per-key budget: the key runs out, its owner's own token does not.
     let mut limited = None;
@@ -175,10 +164,9 @@ async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked()
     .await;
     let audit = with_key(gw, "GET", "/v1/audit/events", &admin_key).await;
     assert_eq!(audit.status, 200, "{}", audit.text());
-    assert_problem(
-        &with_key(gw, "GET", "/v1/audit/events", &plain_admin_key).await,
-        403,
-    );
+    with_key(gw, "GET", "/v1/audit/events", &plain_admin_key)
+        .await
+        .problem(403);
     // Admins create keys for another account; users do not.
     let shopper_id = shopper.get("/v1/users/me").await.json()["name"]
         .as_str()
@@ -196,12 +184,12 @@ async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked()
             json!({"displayName": "x", "scopes": ["users:read"], "owner": "users/someone-else"}),
         )
         .await;
-    assert_problem(&res, 400);
+    res.problem(400);
 
     // Revoked: refused within the revocation poll; someone else cannot revoke it.
     let other = mesh.gateway.new_user("other@example.com").await;
     let res = other.call("DELETE", &format!("/v1/{name}"), None).await;
-    assert_problem(&res, 404);
+    res.problem(404);
     tokio::time::sleep(Duration::from_secs(1)).await; // the budget refills a little
     let res = shopper.call("DELETE", &format!("/v1/{name}"), None).await;
     assert_eq!(res.status, 200, "{}", res.text());

@@ -20,25 +20,6 @@ fn token_of(res: &HttpResponse) -> String {
         .to_string()
 }
 
-fn assert_problem(res: &HttpResponse, status: u16) -> serde_json::Value {
-    assert_eq!(res.status, status, "{}", res.text());
-    assert_eq!(
-        res.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        res.text()
-    );
-    let p = res.json();
-    assert_eq!(p["status"], status);
-    assert!(p["requestId"].as_str().is_some_and(|r| !r.is_empty()));
-    assert!(
-        p["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("urn:ordermesh:problem:"))
-    );
-    p
-}
-
 async fn eur_balance(api: &Api) -> i64 {
     let w = api.get("/v1/wallet").await.json();
     w["balances"]
@@ -157,7 +138,7 @@ async fn the_newcomer_journey() {
         .await;
     let admin = anon.with_token(&token_of(&admin_login));
     let forbidden = ada.get("/v1/audit/events").await;
-    assert_problem(&forbidden, 403);
+    forbidden.problem(403);
     let mut actions = Vec::new();
     for _ in 0..100 {
         let events = admin
@@ -216,7 +197,7 @@ async fn the_newcomer_journey() {
             json!({"refreshToken": tokens["refreshToken"]}),
         )
         .await;
-    assert_problem(&reuse, 401);
+    reuse.problem(401);
     mesh.stop().await;
 }
 
@@ -277,10 +258,10 @@ async fn every_mistake_gets_its_documented_answer() {
             .await,
     ));
 
-    let unknown = assert_problem(&anon.get("/v2/nothing").await, 404);
+    let unknown = anon.get("/v2/nothing").await.problem(404);
     assert_eq!(unknown["title"], "Not Found");
     let wrong = anon.call("DELETE", "/v1/orders", None).await;
-    assert_problem(&wrong, 405);
+    wrong.problem(405);
     assert_eq!(wrong.header("allow"), Some("GET, POST"));
     let no_token = Api {
         addr: mesh.gateway,
@@ -288,7 +269,7 @@ async fn every_mistake_gets_its_documented_answer() {
     }
     .get("/v1/wallet")
     .await;
-    assert_problem(&no_token, 401);
+    no_token.problem(401);
     assert!(
         no_token
             .header("www-authenticate")
@@ -309,15 +290,14 @@ async fn every_mistake_gets_its_documented_answer() {
         b"{\"items\": [",
     )
     .await;
-    assert_problem(&bad_json, 400);
-    let unknown_field = assert_problem(
-        &bo.post(
+    bad_json.problem(400);
+    let unknown_field = bo
+        .post(
             "/v1/orders",
             json!({"items": [], "currency": "EUR", "idempotencyKey": "k", "discount": 5}),
         )
-        .await,
-        400,
-    );
+        .await
+        .problem(400);
     assert!(
         unknown_field["detail"]
             .as_str()
@@ -326,10 +306,10 @@ async fn every_mistake_gets_its_documented_answer() {
         "{unknown_field}"
     );
     let wrong_type = bo.post("/v1/orders", json!({"items": [{"sku": "MUG-001", "quantity": "many"}], "currency": "EUR", "idempotencyKey": "k"})).await;
-    assert_problem(&wrong_type, 400);
-    let unknown_param = assert_problem(&bo.get("/v1/orders?colour=red").await, 400);
+    wrong_type.problem(400);
+    let unknown_param = bo.get("/v1/orders?colour=red").await.problem(400);
     assert_eq!(unknown_param["violations"][0]["field"], "colour");
-    let violations = assert_problem(&bo.post("/v1/orders", json!({"items": [{"sku": "MUG-001", "quantity": 0}], "currency": "XXX", "idempotencyKey": "k"})).await, 400);
+    let violations = (bo.post("/v1/orders", json!({"items": [{"sku": "MUG-001", "quantity": 0}], "currency": "XXX", "idempotencyKey": "k"})).await).problem(400);
     let fields: Vec<_> = violations["violations"]
         .as_array()
         .unwrap()
@@ -339,7 +319,7 @@ async fn every_mistake_gets_its_documented_answer() {
     // Declared constraints first (one server layer, before the handler), then the handler's
     // own checks: a currency we do not support is named once the quantity is right.
     assert_eq!(fields, ["items[0].quantity"]);
-    let unsupported = assert_problem(&bo.post("/v1/orders", json!({"items": [{"sku": "MUG-001", "quantity": 1}], "currency": "XXX", "idempotencyKey": "k"})).await, 400);
+    let unsupported = (bo.post("/v1/orders", json!({"items": [{"sku": "MUG-001", "quantity": 1}], "currency": "XXX", "idempotencyKey": "k"})).await).problem(400);
     assert_eq!(unsupported["violations"][0]["field"], "currency");
     let wrong_media = request(
         mesh.gateway,
@@ -349,7 +329,7 @@ async fn every_mistake_gets_its_documented_answer() {
         b"{}",
     )
     .await;
-    assert_problem(&wrong_media, 415);
+    wrong_media.problem(415);
     let huge = vec![b' '; 2 * 1024 * 1024];
     let too_big = request(
         mesh.gateway,
@@ -359,9 +339,9 @@ async fn every_mistake_gets_its_documented_answer() {
         &huge,
     )
     .await;
-    assert_problem(&too_big, 413);
+    too_big.problem(413);
     let slash = anon.get("/v1/products/MUG%2F001").await;
-    assert_problem(&slash, 400);
+    slash.problem(400);
     // A declined payment is not an error of the request: the order exists, cancelled, with why.
     let declined = bo.post("/v1/orders", json!({"items": [{"sku": "BOOK-004", "quantity": 1}], "currency": "EUR", "idempotencyKey": "poor"})).await;
     assert_eq!(declined.status, 200);
@@ -591,7 +571,7 @@ async fn every_mistake_gets_its_documented_answer() {
         }
     }
     let limited = limited.expect("the login limit trips");
-    assert_problem(&limited, 429);
+    limited.problem(429);
     assert!(
         limited
             .header("retry-after")

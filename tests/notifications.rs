@@ -13,7 +13,7 @@ use ordermesh_edge_gateway::limits::Limit;
 use ordermesh_notification_service::{MailSettings, MailTransport, SmtpSecurity, SmtpSettings};
 use ordermesh_platform::store::schema::StoreConfig;
 use ordermesh_tests::gateway::RunningGateway;
-use ordermesh_tests::http::{Api, HttpResponse, StreamingResponse};
+use ordermesh_tests::http::{Api, StreamingResponse};
 use ordermesh_tests::mesh::{RunningService, TestCerts, service_config};
 use ordermesh_tests::smtp::{CapturedMail, SmtpServer};
 use ordermesh_tests::webhook_receiver::WebhookReceiver;
@@ -121,6 +121,7 @@ impl NotifyMesh {
             retry_max: Duration::from_secs(1),
             ..MailSettings::files(self.dirs[3].path().join("unused"))
         });
+        config.webhooks.disable_after = 3;
         self.notification = Some(RunningService::start_config(Role::Notification, config).await);
     }
 
@@ -172,17 +173,6 @@ async fn wait_for_notification(api: &Api, found: impl Fn(&Value) -> bool) -> Val
 
 fn to(email: &str) -> impl Fn(&CapturedMail) -> bool + '_ {
     move |m| m.rcpt_tos.iter().any(|r| r == email)
-}
-
-fn problem(res: &HttpResponse, status: u16) -> Value {
-    assert_eq!(res.status, status, "{}", res.text());
-    assert_eq!(
-        res.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        res.text()
-    );
-    res.json()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,7 +237,7 @@ async fn events_become_emails_and_in_app_notifications_as_the_user_prefers() {
     let res = ada
         .post("/v1/notifications:markRead", json!({"names": ["orders/1"]}))
         .await;
-    problem(&res, 400);
+    res.problem(400);
 
     // Preferences: everything on at first; payments' email turned off; security stays on.
     let prefs = ada.get("/v1/users/me/notification-preferences").await;
@@ -280,7 +270,7 @@ async fn events_become_emails_and_in_app_notifications_as_the_user_prefers() {
             Some(json!({"security": {"email": false}})),
         )
         .await;
-    let p = problem(&res, 400);
+    let p = res.problem(400);
     assert!(p.to_string().contains("cannot be turned off"), "{p}");
     let other = mesh.gateway.new_user("eve@example.com").await;
     let res = other
@@ -289,7 +279,7 @@ async fn events_become_emails_and_in_app_notifications_as_the_user_prefers() {
             "someone-else"
         ))
         .await;
-    problem(&res, 404);
+    res.problem(404);
 
     deposit(&ada, "d2", "100").await;
     let second = wait_for_notification(&ada, |n| {
@@ -376,7 +366,7 @@ async fn a_password_reset_goes_by_email_once_and_ends_every_session() {
             json!({"token": "omr_not-a-token", "newPassword": "a new long password"}),
         )
         .await;
-    let refused = problem(&res, 400);
+    let refused = res.problem(400);
     assert!(refused.to_string().contains("token"), "{refused}");
     let res = anon
         .post(
@@ -384,7 +374,7 @@ async fn a_password_reset_goes_by_email_once_and_ends_every_session() {
             json!({"token": token, "newPassword": "short"}),
         )
         .await;
-    problem(&res, 400);
+    res.problem(400);
     let res = anon
         .post(
             "/v1/auth/password-reset:confirm",
@@ -398,7 +388,7 @@ async fn a_password_reset_goes_by_email_once_and_ends_every_session() {
             json!({"token": token, "newPassword": "another long password"}),
         )
         .await;
-    assert_eq!(problem(&res, 400)["violations"], refused["violations"]);
+    assert_eq!(res.problem(400)["violations"], refused["violations"]);
 
     // The new password signs in, the old one does not, the old session has ended.
     let bob = anon.login("bob@example.com", "a new long password").await;
@@ -408,11 +398,11 @@ async fn a_password_reset_goes_by_email_once_and_ends_every_session() {
             json!({"email": "bob@example.com", "password": PASSWORD}),
         )
         .await;
-    problem(&res, 401);
+    res.problem(401);
     let res = anon
         .post("/v1/auth/refresh", json!({"refreshToken": old_refresh}))
         .await;
-    problem(&res, 401);
+    res.problem(401);
 
     // Told by email and in the app; the in-app text never carries the token.
     mesh.smtp
@@ -494,7 +484,7 @@ async fn webhooks_are_signed_retried_logged_and_resent() {
         json!({"url": receiver.url, "eventTypes": []}),
     ] {
         let res = dana.post("/v1/webhook-endpoints", bad).await;
-        problem(&res, 400);
+        res.problem(400);
     }
 
     let res = dana
@@ -541,7 +531,7 @@ async fn webhooks_are_signed_retried_logged_and_resent() {
     assert_eq!(delivery["attempts"], 3);
     assert_eq!(delivery["lastStatusCode"], 200);
     let other = mesh.gateway.new_user("mallory@example.com").await;
-    problem(&other.get(&format!("/v1/{endpoint}/deliveries")).await, 404);
+    (other.get(&format!("/v1/{endpoint}/deliveries")).await).problem(404);
 
     // A re-send: the same webhook-id once more, freshly signed.
     let name = delivery["name"].as_str().unwrap();
@@ -569,6 +559,43 @@ async fn webhooks_are_signed_retried_logged_and_resent() {
                 == 2
         })
         .await;
+
+    // Failing on and on: the endpoint is disabled and the delivery given up; a re-send
+    // enables it again and delivers.
+    receiver.fail_next(1000);
+    deposit(&dana, "w4", "400").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let log = dana.get(&format!("/v1/{endpoint}/deliveries")).await.json();
+        let newest = log["deliveries"][0].clone();
+        if newest["state"] == "DELIVERY_STATE_FAILED" {
+            break newest;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not given up: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        failed["lastError"].as_str().unwrap().contains("disabled"),
+        "{failed}"
+    );
+    let listed = dana.get("/v1/webhook-endpoints").await.json();
+    assert_eq!(listed["endpoints"][0]["disabled"], true, "{listed}");
+    receiver.fail_next(0);
+    let name = failed["name"].as_str().unwrap();
+    let res = dana.post(&format!("/v1/{name}:resend"), json!({})).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let id = name.rsplit('/').next().unwrap().to_string();
+    receiver
+        .wait_until(Duration::from_secs(20), |r| {
+            r.iter().any(|x| x.id == id && x.status == 200)
+        })
+        .await;
+    let listed = dana.get("/v1/webhook-endpoints").await.json();
+    assert_eq!(listed["endpoints"][0]["disabled"], false, "{listed}");
+
     let res = dana.call("DELETE", &format!("/v1/{endpoint}"), None).await;
     assert_eq!(res.status, 200, "{}", res.text());
     let before = receiver.received().len();

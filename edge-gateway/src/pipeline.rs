@@ -100,6 +100,7 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static(REQUEST_ID),
+            header::HeaderName::from_static("x-api-key"),
         ])
         .expose_headers([
             header::HeaderName::from_static(REQUEST_ID),

@@ -150,8 +150,13 @@ pub fn transcode_problem(e: TranscodeError) -> Problem {
     }
 }
 
+/// How often a quiet Server-Sent Events stream gets a comment line, so proxies (Envoy's idle
+/// timeout, an ingress's read timeout) do not close a stream that is only waiting.
+const SSE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Streams messages as Server-Sent Events or newline-delimited JSON. An error mid-stream
 /// ends it with an error event (SSE) or a final problem object (NDJSON), never a silent close.
+/// A quiet SSE stream carries a `: keepalive` comment every [`SSE_KEEPALIVE`].
 fn stream_response(
     route: &Route,
     stream: tonic::Streaming<Bytes>,
@@ -172,8 +177,10 @@ fn stream_response(
         } else {
             format!("{json}\n")
         };
-        Ok::<_, std::convert::Infallible>(Bytes::from(text))
+        Bytes::from(text)
     });
+    let body =
+        with_keepalive(body, sse.then_some(SSE_KEEPALIVE)).map(Ok::<_, std::convert::Infallible>);
     let content_type = if sse {
         "text/event-stream"
     } else {
@@ -183,4 +190,46 @@ fn stream_response(
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
+}
+
+/// `messages`, with a `: keepalive` comment whenever `every` passes without one; ends when
+/// `messages` does.
+fn with_keepalive(
+    messages: impl futures::Stream<Item = Bytes> + Send + 'static,
+    every: Option<std::time::Duration>,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    let messages = Box::pin(messages);
+    futures::stream::unfold(messages, move |mut messages| async move {
+        let next = match every {
+            None => messages.next().await,
+            Some(every) => match tokio::time::timeout(every, messages.next()).await {
+                Ok(next) => next,
+                Err(_) => Some(Bytes::from_static(b": keepalive\n\n")),
+            },
+        };
+        next.map(|item| (item, messages))
+    })
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_quiet_stream_gets_comments_and_still_ends_with_its_messages() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = with_keepalive(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Some(std::time::Duration::from_millis(50)),
+        );
+        tokio::pin!(stream);
+        tx.send(Bytes::from_static(b"event: message\n\n"))
+            .await
+            .unwrap();
+        assert_eq!(stream.next().await.unwrap(), "event: message\n\n");
+        // Nothing for a while: a comment, which SSE clients ignore.
+        assert_eq!(stream.next().await.unwrap(), ": keepalive\n\n");
+        drop(tx);
+        assert!(stream.next().await.is_none(), "ends with its messages");
+    }
 }

@@ -13,8 +13,8 @@ use ordermesh_edge_gateway::auth::Verifier;
 use ordermesh_edge_gateway::backends::Backends;
 use ordermesh_edge_gateway::{Gateway, GatewayConfig};
 use ordermesh_notification_service::{
-    Dispatcher, Inbox, MailSettings, MailTransport, Mailer, NotificationServer, Parts,
-    SmtpSettings, Wakes, WebhookSender, WebhookSettings, Webhooks,
+    DeliveryMetrics, Dispatcher, Inbox, MailSettings, MailTransport, Mailer, NotificationServer,
+    Parts, SmtpSettings, Wakes, WebhookSender, WebhookSettings, Webhooks,
 };
 use ordermesh_order_service::catalog::Catalog;
 use ordermesh_order_service::orders::Orders;
@@ -448,22 +448,30 @@ impl BoundService {
                 let inbox = Inbox::new(table.clone());
                 let webhooks = Webhooks::new(table.clone(), config.webhooks.allow_private);
                 let wakes = Wakes::default();
+                let delivery_metrics = DeliveryMetrics::registered(&metrics);
+                // Its own events (webhook endpoint changes) go to the audit trail.
+                let outbox = Outbox::new(workloads::NOTIFICATION).observed_in(&metrics);
+                background.extend(spawn_relays(&outbox, &table, &channels, config, &shutdown)?);
                 background.push(
-                    Dispatcher::queue(inbox.clone(), mailer.clone(), wakes.mail.clone())
-                        .spawn(shutdown.clone()),
+                    Dispatcher::queue(
+                        inbox.clone(),
+                        mailer.clone(),
+                        delivery_metrics.clone(),
+                        wakes.mail.clone(),
+                    )
+                    .spawn(shutdown.clone()),
                 );
                 background.push(
                     WebhookSender::queue(
                         webhooks.clone(),
                         config.webhooks.clone(),
+                        delivery_metrics,
+                        outbox.clone(),
                         wakes.hooks.clone(),
                     )
                     .map_err(|e| RoleError::Webhooks(e.to_string()))?
                     .spawn(shutdown.clone()),
                 );
-                // Its own events (webhook endpoint changes) go to the audit trail.
-                let outbox = Outbox::new(workloads::NOTIFICATION).observed_in(&metrics);
-                background.extend(spawn_relays(&outbox, &table, &channels, config, &shutdown)?);
                 let users = UserServiceClient::new(
                     channels.channel(workloads::USER, &config.upstreams.user)?,
                 );

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod constraints;
 pub mod fd_limit;
+pub mod follow;
 pub mod http_error_heads;
 pub mod http_server;
 pub mod identity;

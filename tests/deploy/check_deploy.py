@@ -5,17 +5,19 @@ Lints and renders deploy/helm/ordermesh (helm-python-sdk, the Helm v4 engine) fo
 value sets, validates every rendered manifest against the Kubernetes OpenAPI schemas
 (kubernetes-validate, strict), validates every Istio resource against the CRD schemas in
 ../shared/schemas/istio-crds.yaml (strict about unknown fields, and evaluating the CEL rules
-it knows), and checks what must agree across the chart, the Istio manifests and the
-binary's contract. Also: value sets missing a prerequisite must fail the render with a
-message naming what to set; only notification-service gets the mail settings and the SMTP
-relay's password (and, under Istio, the relay's ServiceEntry declares its port TCP); deploy/README.md's IAM table must cover every DynamoDB call in the
-store code; every ORDERMESH_* variable the chart sets must be read in the Rust source. And the
-monitoring: `promtool check rules` and `promtool test rules` on deploy/prometheus/ (promtool
-from the distribution's prometheus package, tests/support/system-tools.sh), every metric and
-label the rules and the Grafana dashboard name is in deploy/prometheus/metrics.yaml, every
-alert has its runbook in deploy/README.md and its tests, and the chart's ServiceMonitors,
-PrometheusRule and dashboard ConfigMap carry the right ports and the same files. One line per
-check; the last line is "N passed, M failed".
+it knows), and checks what must agree across the chart, the Istio manifests and the binary's
+contract. Also: value sets missing a prerequisite must fail the render with a message naming
+what to set; only notification-service gets the mail settings and the SMTP relay's password
+(and, under Istio, the relay's ServiceEntry declares its port TCP); only notification-service
+gets the webhook settings, and nothing the chart renders sets ORDERMESH_WEBHOOKS_ALLOW_PRIVATE
+(an extraEnv setting it must fail the render); deploy/README.md's IAM table must cover every
+DynamoDB call in the store code; every ORDERMESH_* variable the chart sets must be read in the
+Rust source. And the monitoring: `promtool check rules` and `promtool test rules` on
+deploy/prometheus/ (promtool from the distribution's prometheus package,
+tests/support/system-tools.sh), every metric and label the rules and the Grafana dashboard
+name is in deploy/prometheus/metrics.yaml, every alert has its runbook in deploy/README.md and
+its tests, and the chart's ServiceMonitors, PrometheusRule and dashboard ConfigMap carry the
+right ports and the same files. One line per check; the last line is "N passed, M failed".
 
 Run through tests/deploy/run.sh, which prepares the virtualenv.
 """
@@ -110,6 +112,7 @@ VARIANTS = {
         "gateway": {"deadlineMs": 2500, "bodyLimitBytes": 65536,
                     "corsOrigins": ["https://shop.example", "http://localhost:3000"],
                     "rateLimit": {"perMinute": 1200, "burst": 40},
+                    "apiKeyRateLimit": {"perMinute": 6000, "burst": 500},
                     "accountRateLimit": {"perMinute": 20, "burst": 5},
                     "addressRateLimit": {"perMinute": 3000, "burst": 50},
                     "headerTimeoutMs": 15000, "maxConnections": 4096, "maxConnectionsPerAddress": 64,
@@ -121,6 +124,7 @@ VARIANTS = {
                           "caConfigMap": {"name": "corp-ca", "key": "root.pem"}},
                  "from": "Shop <no-reply@shop.example>", "publicUrl": "https://shop.example/",
                  "maxAttempts": 4, "retryBaseMs": 500},
+        "webhooks": {"maxAttempts": 12, "retryBaseMs": 1000, "disableAfter": 20},
     },
     "monitoring": {
         "metrics": {"scrapeAnnotations": False,
@@ -168,6 +172,19 @@ MISSING = {
     "SMTP password Secret without a username": (
         {**IMAGE, "mail": {"smtp": {"host": "smtp.example.com", "passwordSecret": {"name": "smtp-relay"}}}},
         ["mail.smtp.username", "mail.smtp.passwordSecret.name"]),
+}
+
+# Value sets the chart must refuse although nothing is missing: the render must fail, and the
+# message must name what is wrong (each string below).
+ALLOW_PRIVATE = "ORDERMESH_WEBHOOKS_ALLOW_PRIVATE"
+REFUSED = {
+    f"{ALLOW_PRIVATE} in defaults.extraEnv": (
+        {**IMAGE, **MAIL, "defaults": {"extraEnv": [{"name": ALLOW_PRIVATE, "value": "true"}]}},
+        ["defaults.extraEnv", ALLOW_PRIVATE]),
+    f"{ALLOW_PRIVATE} in roles.notification.extraEnv": (
+        {**IMAGE, **MAIL, "roles": {"notification": {"extraEnv": [
+            {"name": "RUST_BACKTRACE", "value": "1"}, {"name": ALLOW_PRIVATE, "value": "1"}]}}},
+        ["roles.notification.extraEnv", ALLOW_PRIVATE]),
 }
 
 
@@ -609,6 +626,8 @@ def check_environment(r: Rendered) -> list[str]:
             "ORDERMESH_CORS_ORIGINS": ",".join(gw["corsOrigins"]),
             "ORDERMESH_RATE_LIMIT_PER_MINUTE": str(gw["rateLimit"]["perMinute"]),
             "ORDERMESH_RATE_LIMIT_BURST": str(gw["rateLimit"]["burst"]),
+            "ORDERMESH_API_KEY_RATE_LIMIT_PER_MINUTE": str(gw["apiKeyRateLimit"]["perMinute"]),
+            "ORDERMESH_API_KEY_RATE_LIMIT_BURST": str(gw["apiKeyRateLimit"]["burst"]),
             "ORDERMESH_ACCOUNT_RATE_LIMIT_PER_MINUTE": str(gw["accountRateLimit"]["perMinute"]),
             "ORDERMESH_ACCOUNT_RATE_LIMIT_BURST": str(gw["accountRateLimit"]["burst"]),
             "ORDERMESH_ADDRESS_RATE_LIMIT_PER_MINUTE": str(gw["addressRateLimit"]["perMinute"]),
@@ -921,6 +940,32 @@ def check_mail(r: Rendered) -> list[str]:
         if [(p.get("number"), p.get("protocol")) for p in spec.get("ports", [])] != [(smtp["port"], protocol)]:
             problems.append(f"{where}: ports {spec.get('ports')}, want {smtp['port']} as {protocol} "
                             "(SMTP is server-first: the sidecar must not sniff it)")
+    return problems
+
+
+WEBHOOK_VARS = {"ORDERMESH_WEBHOOK_MAX_ATTEMPTS": "maxAttempts", "ORDERMESH_WEBHOOK_RETRY_BASE_MS": "retryBaseMs",
+                "ORDERMESH_WEBHOOK_DISABLE_AFTER": "disableAfter"}
+
+
+def check_webhooks(r: Rendered) -> list[str]:
+    """notification-service alone gets the webhooks values; nothing rendered ever carries
+    ORDERMESH_WEBHOOKS_ALLOW_PRIVATE (local runs only: http and private targets), in an env,
+    a ConfigMap or anywhere else."""
+    problems = []
+    hooks = r.values["webhooks"]
+    for role, workload, dep in r.deployments():
+        env = effective_env(r, dep)
+        if role != "notification":
+            seen = sorted(set(WEBHOOK_VARS) & set(env))
+            if seen:
+                problems.append(f"{workload}: only notification-service may see the webhook settings, found {seen}")
+            continue
+        for var, key in WEBHOOK_VARS.items():
+            if env.get(var) != str(hooks[key]):
+                problems.append(f"{workload}: {var}={env.get(var)!r}, want {str(hooks[key])!r} (webhooks.{key})")
+    for o in r.objects:
+        if ALLOW_PRIVATE in json.dumps(o):
+            problems.append(f"{ident(o)}: carries {ALLOW_PRIVATE}, which the chart must never set")
     return problems
 
 
@@ -2073,6 +2118,14 @@ def main() -> int:
             "mail.publicUrl=shop.example": {"mail": {"publicUrl": "shop.example"}},
             "mail.maxAttempts=0": {"mail": {"maxAttempts": 0}},
             "mail.retryBaseMs=2s": {"mail": {"retryBaseMs": "2s"}},
+            "gateway.apiKeyRateLimit.burst=0": {"gateway": {"apiKeyRateLimit": {"perMinute": 1, "burst": 0}}},
+            "gateway.apiKeyRateLimit.perMinut": {"gateway": {"apiKeyRateLimit": {"perMinut": 1}}},
+            "gateway.apiKeysRateLimit": {"gateway": {"apiKeysRateLimit": {"perMinute": 1, "burst": 1}}},
+            "webhooks.allowPrivate": {"webhooks": {"allowPrivate": True}},
+            "webhooks.maxAttempts=0": {"webhooks": {"maxAttempts": 0}},
+            "webhooks.retryBaseMs=5s": {"webhooks": {"retryBaseMs": "5s"}},
+            "webhooks.disableAfter=0": {"webhooks": {"disableAfter": 0}},
+            "webhook.maxAttempts": {"webhook": {"maxAttempts": 3}},
         }
         problems = []
         for label, bad in typos.items():
@@ -2118,6 +2171,8 @@ def main() -> int:
             report.check(f"[{label}] JWT signing key only in user-service", check_jwt(r))
             report.check(f"[{label}] mail settings, SMTP password and CA only in notification-service"
                          + (", the relay's ServiceEntry" if r.istio else ""), check_mail(r))
+            report.check(f"[{label}] webhook settings only in notification-service, never {ALLOW_PRIVATE}",
+                         check_webhooks(r))
             report.check(f"[{label}] DynamoDB tables hook Job", check_tables_job(r))
             on = [k for k in ("serviceMonitor", "prometheusRule", "grafanaDashboard")
                   if r.values["metrics"][k]["enabled"]]
@@ -2137,6 +2192,18 @@ def main() -> int:
                 problems += [f"message lacks {w!r}: {e}" for w in wanted if w not in str(e)]
             report.check(f"missing prerequisite fails the render, naming {', '.join(wanted)}: {label}",
                          problems)
+
+        for label, (values, wanted) in REFUSED.items():
+            problems = []
+            try:
+                chart.validate_schema(chart.merge_values(values))
+                render(chart, values)
+                problems.append("rendered, want a fail naming what is wrong")
+            except helm.HelmValuesError as e:
+                problems.append(f"refused by the schema, not by a fail that says why: {e}")
+            except helm.HelmError as e:
+                problems += [f"message lacks {w!r}: {e}" for w in wanted if w not in str(e)]
+            report.check(f"refused value set fails the render, naming {', '.join(wanted)}: {label}", problems)
 
     if "istio" in rendered:
         check_istio(report, crds, rendered["istio"])

@@ -27,6 +27,27 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Asserts an RFC 9457 problem with `status` (its content type, status, request id and
+    /// one of our problem types) and returns its body.
+    pub fn problem(&self, status: u16) -> serde_json::Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text()
+        );
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert!(p["requestId"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(
+            p["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("urn:ordermesh:problem:"))
+        );
+        p
+    }
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {

@@ -9,6 +9,7 @@ pub mod mesh;
 pub mod moto;
 pub mod otlp;
 pub mod process;
+pub mod python_server;
 pub mod smtp;
 pub mod stores;
 pub mod up_process;

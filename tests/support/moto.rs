@@ -6,21 +6,12 @@
 //! DynamoDB never allows that, and our invariants rest on it. So the app is served on one
 //! thread here: requests from concurrent clients still interleave, each one is atomic.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WRAPPER: &str = r#"
-import os, sys, threading, time
-parent = os.getppid()
-def watch():
-    while True:
-        if os.getppid() != parent:
-            os._exit(0)
-        time.sleep(0.5)
-threading.Thread(target=watch, daemon=True).start()
+import sys
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import run_simple
 run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
@@ -32,37 +23,14 @@ pub struct MotoServer {
     _child: Mutex<Child>,
 }
 
-fn python() -> PathBuf {
-    crate::python_tool("python")
-}
-
 fn start() -> Result<MotoServer, String> {
-    let python = python();
-    if !python.exists() {
-        return Err(format!(
-            "{} not found: run `bash tests/support/python-tools.sh` (the README's test command does)",
-            python.display()
-        ));
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let child = Command::new(&python)
-        .args(["-c", WRAPPER, &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start moto: {e}"))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err("moto did not start listening within 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let port = crate::python_server::free_port()?;
+    let child = crate::python_server::spawn_listening(
+        WRAPPER,
+        &[port.to_string().as_ref()],
+        port,
+        Duration::from_secs(60),
+    )?;
     Ok(MotoServer {
         endpoint: format!("http://127.0.0.1:{port}"),
         _child: Mutex::new(child),

@@ -4,22 +4,15 @@
 //! the same port, to play a mail relay that goes away and comes back. It exits when the test
 //! process does.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
+
+use crate::python_server::{free_port, read_json_files, spawn_listening};
 
 const SERVER: &str = r#"
 import email, json, os, sys, threading, time
 from email import policy
 from aiosmtpd.controller import Controller
-parent = os.getppid()
-def watch():
-    while True:
-        if os.getppid() != parent:
-            os._exit(0)
-        time.sleep(0.5)
-threading.Thread(target=watch, daemon=True).start()
 out = sys.argv[2]
 class Capture:
     count = 0
@@ -67,12 +60,8 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts the server on a free loopback port.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let mut server = Self {
-            port,
+            port: free_port().expect("free port"),
             dir: tempfile::tempdir().expect("mail dir"),
             child: None,
         };
@@ -80,35 +69,17 @@ impl SmtpServer {
         server
     }
 
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     /// Starts it again on its port (after [`SmtpServer::stop`]).
     pub fn resume(&mut self) {
-        let python = crate::python_tool("python");
-        assert!(
-            python.exists(),
-            "{} not found: run `bash tests/support/python-tools.sh` (the README's test command does)",
-            python.display()
-        );
-        let child = Command::new(&python)
-            .args(["-c", SERVER, &self.port.to_string()])
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start aiosmtpd");
+        let port = self.port.to_string();
+        let child = spawn_listening(
+            SERVER,
+            &[port.as_ref(), self.dir.path().as_os_str()],
+            self.port,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("aiosmtpd: {e}"));
         self.child = Some(child);
-        let started = Instant::now();
-        while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "aiosmtpd did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Stops it; connections to its port are refused until [`SmtpServer::resume`].
@@ -121,7 +92,7 @@ impl SmtpServer {
 
     /// Every message accepted so far, oldest first.
     pub fn messages(&self) -> Vec<CapturedMail> {
-        read_dir(self.dir.path())
+        read_json_files(self.dir.path())
     }
 
     /// Waits up to `within` for a message `matches` accepts.
@@ -143,23 +114,6 @@ impl SmtpServer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn read_dir(dir: &Path) -> Vec<CapturedMail> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-        .collect()
 }
 
 impl Drop for SmtpServer {

@@ -4,22 +4,16 @@
 //! records each request (its `webhook-id`, whether the signature verified, what it answered,
 //! the body) for the test to read. It exits when the test process does.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
+
+use crate::python_server::{free_port, read_json_files, spawn_listening};
 
 const SERVER: &str = r#"
 import json, os, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks.webhooks import Webhook
-parent = os.getppid()
-def watch():
-    while True:
-        if os.getppid() != parent:
-            os._exit(0)
-        time.sleep(0.5)
-threading.Thread(target=watch, daemon=True).start()
 out = sys.argv[2]
 lock = threading.Lock()
 count = [0]
@@ -76,30 +70,15 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start() -> Self {
-        let python = crate::python_tool("python");
-        assert!(python.exists(), "{} not found", python.display());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port().expect("free port");
         let dir = tempfile::tempdir().expect("receiver dir");
-        let child = Command::new(&python)
-            .args(["-c", SERVER, &port.to_string()])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the webhook receiver");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "receiver did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = spawn_listening(
+            SERVER,
+            &[port.to_string().as_ref(), dir.path().as_os_str()],
+            port,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("webhook receiver: {e}"));
         Self {
             url: format!("http://127.0.0.1:{port}/hooks/ordermesh"),
             dir,
@@ -123,20 +102,7 @@ impl WebhookReceiver {
 
     /// Every request so far, oldest first.
     pub fn received(&self) -> Vec<Received> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files
-            .iter()
-            .filter_map(|p| std::fs::read(p).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
+        read_json_files(self.dir.path())
     }
 
     /// Waits up to `within` until `done` holds for what was received.

@@ -2,7 +2,6 @@
 //! from the proto options (Append: mesh services; queries: admins via the gateway, operators);
 //! this file validates input and maps errors.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use ordermesh_contracts::audit::audit_service_server::{AuditService, AuditServiceServer};
@@ -10,10 +9,10 @@ use ordermesh_contracts::audit::{
     AppendRequest, AppendResponse, AuditEvent, AuditRecord, ListEventsRequest, ListEventsResponse,
     TailEventsRequest, VerifyChainRequest, VerifyChainResponse,
 };
+use ordermesh_platform::follow::{FollowStream, follow};
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::status::Violations;
 use ordermesh_platform::store::Cursor;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::log::{AuditLog, Filter};
@@ -168,7 +167,7 @@ impl AuditService for AuditServer {
         }))
     }
 
-    type TailEventsStream = Pin<Box<dyn Stream<Item = Result<AuditRecord, Status>> + Send>>;
+    type TailEventsStream = FollowStream<AuditRecord>;
 
     async fn tail_events(
         &self,
@@ -176,51 +175,26 @@ impl AuditService for AuditServer {
     ) -> Result<Response<Self::TailEventsStream>, Status> {
         // Declared non-negative in the contract.
         let after = request.into_inner().after_sequence.max(0);
-        let mut last = if after == 0 {
+        let last = if after == 0 {
             self.log.last_sequence().await?
         } else {
             after
         };
         let log = self.log.clone();
-        let signal = log.appended_signal();
-        let stopping = self.shutdown.wait();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<AuditRecord, Status>>(64);
-        tokio::spawn(async move {
-            tokio::pin!(stopping);
-            loop {
-                // Register before reading so an append between the read and the wait wakes us.
-                let notified = signal.notified();
-                match log.records_after(last, 100).await {
-                    Ok(records) if !records.is_empty() => {
-                        for r in records {
-                            last = r.sequence;
-                            if tx.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
+        Ok(Response::new(follow(
+            last,
+            log.appended_signal(),
+            &self.shutdown,
+            TAIL_POLL,
+            |last| format!("audit-service is shutting down; resume with after_sequence={last}"),
+            move |after| {
+                let log = log.clone();
+                async move {
+                    let records = log.records_after(after, 100).await?;
+                    let next = records.last().map_or(after, |r| r.sequence);
+                    Ok((next, records))
                 }
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(TAIL_POLL) => {}
-                    _ = tx.closed() => return,
-                    _ = &mut stopping => {
-                        let _ = tx.send(Err(Status::unavailable(format!(
-                            "audit-service is shutting down; resume with after_sequence={last}"
-                        )))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            },
         )))
     }
 }

@@ -15,6 +15,7 @@ use ordermesh_platform::store::{Condition, Item, NewItem, Query, StoreError, Tab
 use prost::Message;
 use tokio::sync::Notify;
 
+use crate::delivery_metrics::DeliveryMetrics;
 use crate::inbox::{Inbox, InboxError, Stored, inbox_pk};
 use crate::leased_queue::{LeasedQueue, Worker, backoff, partition_key};
 use crate::mail::{Mailer, Rendered};
@@ -97,18 +98,28 @@ pub enum DispatchError {
 pub struct Dispatcher {
     inbox: Inbox,
     mailer: Mailer,
+    metrics: DeliveryMetrics,
 }
 
 impl Dispatcher {
     /// The email queue, worked until shutdown; `wake` is notified when an email is queued.
-    pub fn queue(inbox: Inbox, mailer: Mailer, wake: Arc<Notify>) -> LeasedQueue<Self> {
+    pub fn queue(
+        inbox: Inbox,
+        mailer: Mailer,
+        metrics: DeliveryMetrics,
+        wake: Arc<Notify>,
+    ) -> LeasedQueue<Self> {
         let table = inbox.table().clone();
         LeasedQueue::new(
             table,
             workloads::NOTIFICATION,
             MAIL_QUEUE,
             MAIL_PARTITIONS,
-            Self { inbox, mailer },
+            Self {
+                inbox,
+                mailer,
+                metrics,
+            },
             wake,
         )
     }
@@ -140,6 +151,7 @@ impl Dispatcher {
         match sent {
             Ok(()) => {
                 self.finish(item, &queued, EmailState::Sent).await?;
+                self.metrics.email("sent");
                 tracing::info!(notification = %item.sk, attempts = queued.attempts, "email sent");
                 Ok(None)
             }
@@ -147,6 +159,7 @@ impl Dispatcher {
                 queued.last_error = e.to_string();
                 tracing::warn!(notification = %item.sk, attempts = queued.attempts, error = %e, "email given up");
                 self.finish(item, &queued, EmailState::Failed).await?;
+                self.metrics.email("failed");
                 Ok(None)
             }
             Err(e) => {
@@ -154,6 +167,7 @@ impl Dispatcher {
                 queued.last_error = e.to_string();
                 queued.not_before_ms = unix_millis() + delay.as_millis() as i64;
                 tracing::info!(notification = %item.sk, attempts = queued.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "email not sent; will retry");
+                self.metrics.email("retried");
                 let retry = NewItem::new(item.pk.clone(), item.sk.clone(), queued.encode_to_vec());
                 match self
                     .inbox

@@ -2,7 +2,6 @@
 //! calling workload and, for calls forwarded by the gateway, that a user is signed in; this
 //! file keeps each user to their own notifications and maps errors, once.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use ordermesh_contracts::user::GetUserRequest;
 use ordermesh_contracts::user::user_service_client::UserServiceClient;
 use ordermesh_platform::client::MeshChannel;
 use ordermesh_platform::clock::timestamp;
+use ordermesh_platform::follow::{FollowStream, follow};
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::shutdown::Shutdown;
 use ordermesh_platform::status::{Violations, invalid};
@@ -31,7 +31,6 @@ use ordermesh_platform::store::{Cursor, StoreError};
 use ordermesh_platform::user_context::UserContext;
 use prost::Message as _;
 use tokio::sync::Notify;
-use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::dispatcher::enqueue as queue_email;
@@ -368,8 +367,7 @@ impl NotificationService for NotificationServer {
         Ok(Response::new(MarkNotificationsReadResponse { marked }))
     }
 
-    type StreamNotificationsStream =
-        Pin<Box<dyn Stream<Item = Result<Notification, Status>> + Send>>;
+    type StreamNotificationsStream = FollowStream<Notification>;
 
     async fn stream_notifications(
         &self,
@@ -377,48 +375,21 @@ impl NotificationService for NotificationServer {
     ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
         let user = UserContext::require(&request)?;
         let inbox = self.inbox.clone();
-        let mut last = inbox.newest_id(&user.user_id).await?;
-        let arrived = self.arrived.clone();
-        let stopping = self.shutdown.wait();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Notification, Status>>(16);
-        tokio::spawn(async move {
-            tokio::pin!(stopping);
-            loop {
-                // Registered before reading, so one taken in between still wakes the stream.
-                let notified = arrived.notified();
-                match inbox.newer_than(&user.user_id, &last, 100).await {
-                    Ok(found) if !found.is_empty() => {
-                        for (id, notification) in found {
-                            last = id;
-                            if let Some(n) = notification
-                                && tx.send(Ok(n)).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
+        let newest = inbox.newest_id(&user.user_id).await?;
+        Ok(Response::new(follow(
+            newest,
+            self.arrived.clone(),
+            &self.shutdown,
+            STREAM_POLL,
+            |_| "notification-service is shutting down; open the stream again".to_string(),
+            move |after: String| {
+                let (inbox, user) = (inbox.clone(), user.user_id.clone());
+                async move {
+                    let found = inbox.newer_than(&user, &after, 100).await?;
+                    let next = found.last().map_or(after, |(id, _)| id.clone());
+                    Ok((next, found.into_iter().filter_map(|(_, n)| n).collect()))
                 }
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(STREAM_POLL) => {}
-                    _ = tx.closed() => return,
-                    _ = &mut stopping => {
-                        let _ = tx.send(Err(Status::unavailable(
-                            "notification-service is shutting down; open the stream again",
-                        ))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            },
         )))
     }
 
@@ -563,8 +534,17 @@ impl NotificationService for NotificationServer {
             endpoint.disabled = false;
             endpoint.consecutive_failures = 0;
             writes.push(Webhooks::put_endpoint(&endpoint, endpoint_version));
+            writes.extend(self.outbox.writes(self.outbox.event(
+                &format!("users/{}", user.user_id),
+                "webhook_endpoint.enabled",
+                &format!("webhook-endpoints/{}", endpoint.id),
+            )));
         }
-        match self.webhooks.table().write(writes).await {
+        match self
+            .outbox
+            .commit(self.webhooks.table().write(writes))
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.is_condition_failed() => {
                 return Err(Status::aborted("the delivery changed meanwhile; retry"));

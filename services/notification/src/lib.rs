@@ -2,6 +2,7 @@
 //! email and in the app. Fed by the services' outboxes; see `events.rs` for which events
 //! notify whom, `inbox.rs` for what is kept, `dispatcher.rs` for how email leaves.
 
+pub mod delivery_metrics;
 pub mod dispatcher;
 pub mod events;
 pub mod grpc;
@@ -11,6 +12,7 @@ pub mod mail;
 pub mod webhook_sender;
 pub mod webhooks;
 
+pub use delivery_metrics::DeliveryMetrics;
 pub use dispatcher::Dispatcher;
 pub use events::notifies;
 pub use grpc::{NotificationServer, Parts, Wakes};

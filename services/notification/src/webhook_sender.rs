@@ -15,10 +15,12 @@ use std::time::Duration;
 use ordermesh_contracts::notification::DeliveryState;
 use ordermesh_platform::clock::{unix_millis, unix_seconds};
 use ordermesh_platform::identity::workloads;
+use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::store::{Condition, Item, NewItem, StoreError, Write};
 use prost::Message;
 use tokio::sync::Notify;
 
+use crate::delivery_metrics::DeliveryMetrics;
 use crate::leased_queue::{LeasedQueue, Worker, backoff};
 use crate::webhooks::{
     DeliveryRecord, QUEUE_PARTITIONS, QueuedDelivery, Webhooks, check_url, is_public, log_pk, sign,
@@ -89,6 +91,9 @@ pub struct WebhookSender {
     webhooks: Webhooks,
     client: reqwest::Client,
     settings: WebhookSettings,
+    metrics: DeliveryMetrics,
+    /// For the audit trail: an endpoint disabled after failures.
+    outbox: Outbox,
 }
 
 /// What one attempt came to.
@@ -102,6 +107,8 @@ impl WebhookSender {
     pub fn queue(
         webhooks: Webhooks,
         settings: WebhookSettings,
+        metrics: DeliveryMetrics,
+        outbox: Outbox,
         wake: Arc<Notify>,
     ) -> Result<LeasedQueue<Self>, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -122,6 +129,8 @@ impl WebhookSender {
                 webhooks,
                 client,
                 settings,
+                metrics,
+                outbox,
             },
             wake,
         ))
@@ -165,6 +174,7 @@ impl WebhookSender {
             let Some((mut endpoint, version)) = self.webhooks.endpoint(endpoint_id).await? else {
                 return Ok(());
             };
+            let mut writes = Vec::with_capacity(3);
             if delivered {
                 if endpoint.consecutive_failures == 0 {
                     return Ok(());
@@ -177,12 +187,22 @@ impl WebhookSender {
                 {
                     endpoint.disabled = true;
                     tracing::warn!(endpoint = %endpoint.id, failures = endpoint.consecutive_failures, "webhook endpoint disabled");
+                    let mut event = self.outbox.event(
+                        &format!("workloads/{}", workloads::NOTIFICATION),
+                        "webhook_endpoint.disabled",
+                        &format!("webhook-endpoints/{}", endpoint.id),
+                    );
+                    event.attributes.insert(
+                        "consecutive_failures".into(),
+                        endpoint.consecutive_failures.to_string(),
+                    );
+                    writes.extend(self.outbox.writes(event));
                 }
             }
+            writes.insert(0, Webhooks::put_endpoint(&endpoint, version));
             match self
-                .webhooks
-                .table()
-                .write(vec![Webhooks::put_endpoint(&endpoint, version)])
+                .outbox
+                .commit(self.webhooks.table().write(writes))
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -277,6 +297,7 @@ impl Worker for WebhookSender {
                 log.last_error.clear();
                 self.settle(item, log, log_version, None).await?;
                 self.count(&endpoint.id, true).await?;
+                self.metrics.webhook("delivered");
                 Ok(None)
             }
             Outcome::Failed { status, error } => {
@@ -284,10 +305,12 @@ impl Worker for WebhookSender {
                 log.last_error = error;
                 self.count(&endpoint.id, false).await?;
                 if queued.attempts as u32 >= self.settings.max_attempts {
+                    self.metrics.webhook("failed");
                     log.state = DeliveryState::Failed as i32;
                     self.settle(item, log, log_version, None).await?;
                     return Ok(None);
                 }
+                self.metrics.webhook("retried");
                 let delay = backoff(
                     self.settings.retry_base,
                     self.settings.retry_max,

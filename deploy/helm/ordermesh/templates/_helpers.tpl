@@ -127,6 +127,23 @@ templates/validate.yaml; renders nothing.
 {{- fail (printf "mtls.mode=builtin needs a mesh certificate for every role, and nothing creates one: set mtls.certManager.enabled=true (cert-manager issues them; the default), or name each role's existing Secret (keys ca.crt, tls.crt, tls.key) in roles.<role>.tlsSecretName (missing for: %s), or run under Istio (-f values-istio.yaml, mtls.mode=istio)" (join ", " .)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* ORDERMESH_WEBHOOKS_ALLOW_PRIVATE lets webhooks reach http and private, loopback and
+link-local addresses (the cluster, the cloud's metadata endpoint): for local runs of the binary
+only, never in a cluster. */ -}}
+{{- $envLists := list (list "defaults" .Values.defaults.extraEnv) -}}
+{{- range $role, $override := .Values.roles -}}
+{{- if $override -}}
+{{- $envLists = append $envLists (list (printf "roles.%s" $role) $override.extraEnv) -}}
+{{- end -}}
+{{- end -}}
+{{- range $envLists -}}
+{{- $where := index . 0 -}}
+{{- range (index . 1 | default list) -}}
+{{- if eq (toString .name) "ORDERMESH_WEBHOOKS_ALLOW_PRIVATE" -}}
+{{- fail (printf "%s.extraEnv sets ORDERMESH_WEBHOOKS_ALLOW_PRIVATE, which lets notification-service's webhooks reach private, loopback and link-local addresses (the cluster, the cloud's metadata endpoint) over http: it is for local runs of the binary only, never a deployment. Remove it; customers' endpoints must be public https URLs (see deploy/README.md, Webhooks)" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $smtp := .Values.mail.smtp -}}
 {{- if and (eq .Values.store.backend "dynamodb") (not $smtp.host) -}}
 {{- fail "notification-service sends email, and with store.backend=dynamodb it refuses to start without a way to: set mail.smtp.host to your SMTP relay (and mail.smtp.port, mail.smtp.security, mail.smtp.username with mail.smtp.passwordSecret.name as it needs; see deploy/README.md, Email), or, for a demo, use store.backend=embedded (emails are then written as .eml files on the pod's emptyDir)" -}}
