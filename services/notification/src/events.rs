@@ -4,23 +4,17 @@ use ordermesh_contracts::audit::AuditEvent;
 use ordermesh_contracts::notification::Category;
 use ordermesh_platform::money::format_amount;
 
-/// Actions that notify; the outboxes send notification-service these and no others.
-pub const NOTIFYING_ACTIONS: &[&str] = &[
-    "order.created",
-    "order.confirmed",
-    "order.cancelled",
-    "order.shipped",
-    "order.delivered",
-    "payment.deposited",
-    "payment.refunded",
+/// Account actions that notify (the rest, orders and money, are also webhook event types).
+const ACCOUNT_ACTIONS: &[&str] = &[
     "user.password_changed",
     "user.password_reset",
     "user.password_reset_requested",
 ];
 
-/// Whether an event with `action` makes a notification (the outboxes' filter).
+/// Whether an event with `action` goes to notification-service (the outboxes' filter): it
+/// makes a notification, a webhook delivery, or both.
 pub fn notifies(action: &str) -> bool {
-    NOTIFYING_ACTIONS.contains(&action)
+    ACCOUNT_ACTIONS.contains(&action) || crate::webhooks::EVENT_TYPES.contains(&action)
 }
 
 /// A link in an email: where the reader acts on it.
@@ -266,6 +260,7 @@ mod tests {
         assert!(draft(&event("order.shipped", "users/a", "orders/o1", &[])).is_none());
         assert!(draft(&event("payment.deposited", "users/u1", "t", &[])).is_none());
         assert!(!notifies("user.logged_in"));
-        assert!(NOTIFYING_ACTIONS.iter().all(|a| notifies(a)));
+        assert!(ACCOUNT_ACTIONS.iter().all(|a| notifies(a)));
+        assert!(notifies("order.created") && notifies("payment.refunded"));
     }
 }

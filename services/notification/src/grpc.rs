@@ -47,17 +47,24 @@ const STREAM_POLL: Duration = Duration::from_secs(1);
 const CONTACT_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_MARKED_ALL: usize = 10_000;
 
+/// A store error as the caller sees it: a page token we did not issue is their mistake.
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::InvalidCursor => invalid("page_token", "is not a token this service issued"),
+        e => e.into(),
+    }
+}
+
+fn unreadable(what: &str, e: prost::DecodeError) -> Status {
+    tracing::error!(error = %e, "unreadable {what} data");
+    Status::internal(format!("stored {what} data is unreadable"))
+}
+
 impl From<InboxError> for Status {
     fn from(e: InboxError) -> Self {
         match e {
-            InboxError::Store(StoreError::InvalidCursor) => {
-                invalid("page_token", "is not a token this service issued")
-            }
-            InboxError::Store(e) => e.into(),
-            InboxError::Corrupt(e) => {
-                tracing::error!(error = %e, "unreadable notification data");
-                Status::internal("stored notification data is unreadable")
-            }
+            InboxError::Store(e) => store_status(e),
+            InboxError::Corrupt(e) => unreadable("notification", e),
             InboxError::Contended => Status::aborted("changed concurrently; retry"),
         }
     }
@@ -66,14 +73,8 @@ impl From<InboxError> for Status {
 impl From<WebhookError> for Status {
     fn from(e: WebhookError) -> Self {
         match e {
-            WebhookError::Store(StoreError::InvalidCursor) => {
-                invalid("page_token", "is not a token this service issued")
-            }
-            WebhookError::Store(e) => e.into(),
-            WebhookError::Corrupt(e) => {
-                tracing::error!(error = %e, "unreadable webhook data");
-                Status::internal("stored webhook data is unreadable")
-            }
+            WebhookError::Store(e) => store_status(e),
+            WebhookError::Corrupt(e) => unreadable("webhook", e),
             WebhookError::NotFound => Status::not_found("webhook endpoint not found"),
             WebhookError::Invalid { field, description } => invalid(field, &description),
         }
