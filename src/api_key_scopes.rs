@@ -13,6 +13,16 @@ use crate::options::Audience;
 /// The scope that lets a key reach admin methods (for an admin owner only).
 pub const ADMIN_SCOPE: &str = "admin";
 
+/// Families no key may be given: a key cannot mint or revoke keys (it would widen itself),
+/// nor subscribe webhooks (they carry order and wallet events whatever the key's own scopes).
+/// An owner manages both signed in.
+pub const NOT_FOR_KEYS: &[&str] = &["api-keys", "webhook-endpoints"];
+
+/// Whether a key may ever hold `scope` (see [`NOT_FOR_KEYS`]).
+pub fn grantable(scope: &str) -> bool {
+    !NOT_FOR_KEYS.contains(&scope.split(':').next().unwrap_or_default())
+}
+
 /// The scope a key needs for `method`: `{family}:read` or `{family}:write`. `None` for a
 /// method with no HTTP binding (not reachable from outside).
 pub fn scope_of(method: &MethodInfo) -> Option<String> {
@@ -44,7 +54,7 @@ pub fn family_of(path: &str) -> Option<String> {
 }
 
 /// Every scope a key may be given: those of the methods a signed-in user or an admin can
-/// call, and [`ADMIN_SCOPE`]; sorted.
+/// call, but for [`NOT_FOR_KEYS`], and [`ADMIN_SCOPE`]; sorted.
 pub fn all() -> &'static [String] {
     static ALL: OnceLock<Vec<String>> = OnceLock::new();
     ALL.get_or_init(|| {
@@ -52,6 +62,7 @@ pub fn all() -> &'static [String] {
             .iter()
             .filter(|m| matches!(m.audience, Audience::User | Audience::Admin))
             .filter_map(scope_of)
+            .filter(|s| grantable(s))
             .collect();
         scopes.push(ADMIN_SCOPE.to_string());
         scopes.sort();
@@ -113,7 +124,7 @@ mod tests {
         for m in methods() {
             if matches!(m.audience, Audience::User | Audience::Admin) && m.http.is_some() {
                 let s = scope_of(m).expect("a scope");
-                assert!(all.contains(&s), "{s}");
+                assert!(all.contains(&s) || !grantable(&s), "{s}");
             }
         }
         assert!(all.iter().any(|s| s == ADMIN_SCOPE));
@@ -125,5 +136,10 @@ mod tests {
             !all.iter().any(|s| s.starts_with("auth:")),
             "public methods need no key"
         );
+        assert!(
+            !all.iter().any(|s| !grantable(s)),
+            "keys neither mint keys nor subscribe webhooks: {all:?}"
+        );
+        assert!(!grantable("api-keys:write") && !grantable("webhook-endpoints:read"));
     }
 }

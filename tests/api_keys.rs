@@ -66,7 +66,7 @@ async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked()
 
     let (secret, key) = create_key(
         &shopper,
-        json!({"displayName": "shop sync", "scopes": ["users:read", "api-keys:read"]}),
+        json!({"displayName": "shop sync", "scopes": ["users:read"]}),
     )
     .await;
     assert!(
@@ -102,6 +102,27 @@ async fn an_api_key_acts_as_its_owner_within_its_scopes_and_stops_when_revoked()
     let p = (with_key(gw, "PATCH", "/v1/users/me", &secret).await).problem(403);
     assert!(p["detail"].as_str().unwrap().contains("users:write"), "{p}");
     (with_key(gw, "GET", "/v1/audit/events", &secret).await).problem(403);
+    // A key never mints keys (nor subscribes webhooks), whatever it asks for.
+    let res = request(
+        gw,
+        "POST",
+        "/v1/api-keys",
+        &[("x-api-key", &secret), ("content-type", "application/json")],
+        br#"{"displayName": "wider", "scopes": ["admin", "users:write"]}"#,
+    )
+    .await;
+    let p = res.problem(403);
+    assert!(
+        p["detail"].as_str().unwrap().contains("cannot manage"),
+        "{p}"
+    );
+    let res = shopper
+        .post(
+            "/v1/api-keys",
+            json!({"displayName": "x", "scopes": ["api-keys:write"]}),
+        )
+        .await;
+    res.problem(400);
     // Unknown and malformed keys: 401.
     let bad = with_key(gw, "GET", "/v1/users/me", &format!("{secret}x")).await;
     bad.problem(401);

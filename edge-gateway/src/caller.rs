@@ -20,7 +20,7 @@ use crate::problem::Problem;
 use crate::request_id::{REQUEST_ID, RequestId};
 use crate::routes::Resolved;
 use crate::server::Gateway;
-use ordermesh_contracts::api_key_scopes::{ADMIN_SCOPE, scope_of};
+use ordermesh_contracts::api_key_scopes::{ADMIN_SCOPE, grantable, scope_of};
 use ordermesh_platform::user_context::ROLE_ADMIN;
 
 /// Who is calling: nobody in particular (a public endpoint), or a verified user, in person
@@ -188,6 +188,12 @@ impl Gateway {
             ));
         }
         match scope {
+            Some(s) if !grantable(&s) => {
+                return Err(forbidden(
+                    "API keys cannot manage API keys or webhook endpoints; sign in to do that"
+                        .into(),
+                ));
+            }
             Some(s) if verified.scopes.contains(&s) => {}
             Some(s) => {
                 return Err(forbidden(format!(

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use ordermesh_contracts::notification::EmailState;
 use ordermesh_platform::clock::unix_millis;
 use ordermesh_platform::identity::workloads;
-use ordermesh_platform::outbox::spread;
-use ordermesh_platform::store::{Condition, Item, NewItem, Query, StoreError, Table, Write};
+use ordermesh_platform::store::{Item, Query, StoreError, Table, Write};
 use prost::Message;
 use tokio::sync::Notify;
 
 use crate::delivery_metrics::DeliveryMetrics;
-use crate::inbox::{Inbox, InboxError, Stored, inbox_pk};
-use crate::leased_queue::{LeasedQueue, Worker, backoff, partition_key};
+use crate::inbox::{Inbox, InboxError, Stored};
+use crate::leased_queue::{
+    LeasedQueue, Worker, backoff, enqueue as enqueue_item, id_of, partition_key, requeue, take,
+};
 use crate::mail::{Mailer, Rendered};
 
 /// Partitions of the email queue.
@@ -61,14 +62,7 @@ pub fn enqueue(id: &str, user_id: &str, to: &str, email: Rendered) -> Write {
         html: email.html,
         ..Default::default()
     };
-    Write::put(
-        NewItem::new(
-            mail_pk(spread(id, MAIL_PARTITIONS)),
-            id,
-            queued.encode_to_vec(),
-        ),
-        Condition::NotExists,
-    )
+    enqueue_item(MAIL_QUEUE, MAIL_PARTITIONS, id, 0, queued.encode_to_vec())
 }
 
 /// How many emails are queued (tests, operators).
@@ -128,57 +122,49 @@ impl Dispatcher {
 impl Worker for Dispatcher {
     type Error = DispatchError;
 
-    async fn attempt(&self, item: &Item) -> Result<Option<i64>, DispatchError> {
+    async fn attempt(&self, item: &Item) -> Result<(), DispatchError> {
         self.send(item).await
     }
 }
 
 impl Dispatcher {
-    /// Sends one queued email if it is due. Returns when it is due next, if it stays queued.
-    async fn send(&self, item: &Item) -> Result<Option<i64>, DispatchError> {
+    /// Sends one queued email; takes it off the queue, or moves it to its next attempt.
+    async fn send(&self, item: &Item) -> Result<(), DispatchError> {
         let mut queued = QueuedEmail::decode(item.data.as_ref())?;
-        if queued.not_before_ms > unix_millis() {
-            return Ok(Some(queued.not_before_ms));
-        }
+        let id = id_of(item);
         let email = Rendered {
             subject: queued.subject.clone(),
             text: queued.text.clone(),
             html: queued.html.clone(),
         };
-        let sent = self.mailer.send(&item.sk, &queued.to, &email).await;
+        let sent = self.mailer.send(id, &queued.to, &email).await;
         queued.attempts += 1;
         let settings = self.mailer.settings();
         match sent {
             Ok(()) => {
                 self.finish(item, &queued, EmailState::Sent).await?;
                 self.metrics.email("sent");
-                tracing::info!(notification = %item.sk, attempts = queued.attempts, "email sent");
-                Ok(None)
+                tracing::info!(notification = %id, attempts = queued.attempts, "email sent");
+                Ok(())
             }
             Err(e) if e.is_permanent() || queued.attempts >= settings.max_attempts => {
                 queued.last_error = e.to_string();
-                tracing::warn!(notification = %item.sk, attempts = queued.attempts, error = %e, "email given up");
+                tracing::warn!(notification = %id, attempts = queued.attempts, error = %e, "email given up");
                 self.finish(item, &queued, EmailState::Failed).await?;
                 self.metrics.email("failed");
-                Ok(None)
+                Ok(())
             }
             Err(e) => {
                 let delay = backoff(settings.retry_base, settings.retry_max, queued.attempts);
                 queued.last_error = e.to_string();
                 queued.not_before_ms = unix_millis() + delay.as_millis() as i64;
-                tracing::info!(notification = %item.sk, attempts = queued.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "email not sent; will retry");
+                tracing::info!(notification = %id, attempts = queued.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "email not sent; will retry");
                 self.metrics.email("retried");
-                let retry = NewItem::new(item.pk.clone(), item.sk.clone(), queued.encode_to_vec());
-                match self
-                    .inbox
-                    .table()
-                    .put(retry, Condition::Version(item.version))
-                    .await
-                {
-                    Ok(_) | Err(StoreError::ConditionFailed { .. }) => {}
-                    Err(e) => return Err(e.into()),
+                let retry = requeue(item, queued.not_before_ms, queued.encode_to_vec());
+                match self.inbox.table().write(retry.to_vec()).await {
+                    Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
                 }
-                Ok(Some(queued.not_before_ms))
             }
         }
     }
@@ -191,30 +177,19 @@ impl Dispatcher {
         queued: &QueuedEmail,
         state: EmailState,
     ) -> Result<(), DispatchError> {
-        let leave = Write::Delete {
-            pk: item.pk.clone(),
-            sk: item.sk.clone(),
-            condition: Condition::Version(item.version),
-        };
+        let id = id_of(item);
         for _ in 0..8 {
-            let mut writes = vec![leave.clone()];
-            if let Some((mut stored, version)) = self.inbox.get(&queued.user_id, &item.sk).await? {
+            let mut writes = vec![take(item)];
+            if let Some((mut stored, version)) = self.inbox.get(&queued.user_id, id).await? {
                 set_email_state(&mut stored, state);
-                writes.push(Write::put(
-                    NewItem::new(
-                        inbox_pk(&queued.user_id),
-                        item.sk.clone(),
-                        stored.encode_to_vec(),
-                    ),
-                    Condition::Version(version),
-                ));
+                writes.push(Inbox::replace(&queued.user_id, id, &stored, version));
             }
             match self.inbox.table().write(writes).await {
                 Ok(_) => return Ok(()),
                 // The queue item changed under us: another replica took it over.
                 Err(StoreError::ConditionFailed { index: 0, .. }) => return Ok(()),
-                // The notification changed (marked read): read it again.
-                Err(StoreError::ConditionFailed { .. }) => continue,
+                // The notification changed (marked read), or a transaction collided: again.
+                Err(StoreError::ConditionFailed { .. } | StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

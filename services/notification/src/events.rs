@@ -135,7 +135,7 @@ pub fn draft(event: &AuditEvent) -> Option<Draft> {
                 user,
                 Category::Security,
                 "Your password was changed",
-                "Your password was changed and every other session was signed out. If this was not you, reset your password now.".to_string(),
+                "Your password was changed and every other session was signed out. If this was not you, reset your password now, then review your API keys and webhook endpoints: they are not ended by a password change.".to_string(),
                 None,
             )
         }

@@ -44,8 +44,30 @@ const MAX_PAGE: usize = 100;
 const MAX_EVENTS: usize = 500;
 /// How often a stream looks for notifications another replica took in.
 const STREAM_POLL: Duration = Duration::from_secs(1);
+/// How far back a stream reads arrivals again (longer than any write takes to land).
+const STREAM_OVERLAP_MS: i64 = 10_000;
+
+/// A URL for the audit trail, which is kept for ever: without its query, where a receiver's
+/// own token often sits.
+fn without_query(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// An arrival key's time and notification id.
+fn arrival(key: &str) -> Option<(i64, String)> {
+    let (at, id) = key.split_once('#')?;
+    Some((at.parse().ok()?, id.to_string()))
+}
 const CONTACT_DEADLINE: Duration = Duration::from_secs(5);
-const MAX_MARKED_ALL: usize = 10_000;
+/// Notifications one "mark all" call marks; `marked` tells the caller to call again.
+const MAX_MARKED_ALL: usize = 500;
 
 /// A store error as the caller sees it: a page token we did not issue is their mistake.
 fn store_status(e: StoreError) -> Status {
@@ -77,6 +99,11 @@ impl From<WebhookError> for Status {
             WebhookError::Corrupt(e) => unreadable("webhook", e),
             WebhookError::NotFound => Status::not_found("webhook endpoint not found"),
             WebhookError::Invalid { field, description } => invalid(field, &description),
+            WebhookError::LimitReached(what) => ordermesh_platform::status::with_reason(
+                tonic::Code::FailedPrecondition,
+                "LIMIT_REACHED",
+                what,
+            ),
         }
     }
 }
@@ -201,6 +228,7 @@ impl NotificationServer {
                 email_state: initial_email_state(contact.is_some()) as i32,
             }),
             in_app: channels.in_app,
+            arrived_ms: ordermesh_platform::clock::unix_millis(),
         };
         let mut writes = vec![self.inbox.create(&draft.user_id, &stored)];
         if let Some((to, name)) = &contact {
@@ -376,19 +404,47 @@ impl NotificationService for NotificationServer {
     ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
         let user = UserContext::require(&request)?;
         let inbox = self.inbox.clone();
-        let newest = inbox.newest_id(&user.user_id).await?;
+        // Arrivals are read again from STREAM_OVERLAP back: a replica's slower write can land
+        // with an earlier arrival time than one already streamed. What was sent (or was there
+        // before the stream opened) is remembered for that long and not sent twice.
+        let opened = ordermesh_platform::clock::unix_millis();
+        let before = inbox
+            .arrived_since(&user.user_id, opened - STREAM_OVERLAP_MS, 1000)
+            .await?;
+        let seen: Arc<std::sync::Mutex<Vec<(i64, String)>>> = Arc::new(std::sync::Mutex::new(
+            before
+                .into_iter()
+                .filter_map(|(key, _)| arrival(&key))
+                .collect(),
+        ));
         Ok(Response::new(follow(
-            newest,
+            opened,
             self.arrived.clone(),
             &self.shutdown,
             STREAM_POLL,
             |_| "notification-service is shutting down; open the stream again".to_string(),
-            move |after: String| {
-                let (inbox, user) = (inbox.clone(), user.user_id.clone());
+            move |from: i64| {
+                let (inbox, user, seen) = (inbox.clone(), user.user_id.clone(), seen.clone());
                 async move {
-                    let found = inbox.newer_than(&user, &after, 100).await?;
-                    let next = found.last().map_or(after, |(id, _)| id.clone());
-                    Ok((next, found.into_iter().filter_map(|(_, n)| n).collect()))
+                    let found = inbox
+                        .arrived_since(&user, from - STREAM_OVERLAP_MS, 100)
+                        .await?;
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut next = from;
+                    let mut new = Vec::new();
+                    for (key, notification) in found {
+                        let Some((at, id)) = arrival(&key) else {
+                            continue;
+                        };
+                        if seen.iter().any(|(_, s)| *s == id) {
+                            continue;
+                        }
+                        next = next.max(at);
+                        seen.push((at, id));
+                        new.extend(notification);
+                    }
+                    seen.retain(|(at, _)| *at >= next - STREAM_OVERLAP_MS);
+                    Ok((next, new))
                 }
             },
         )))
@@ -409,7 +465,9 @@ impl NotificationService for NotificationServer {
             "webhook_endpoint.created",
             &format!("webhook-endpoints/{}", record.id),
         );
-        event.attributes.insert("url".into(), record.url.clone());
+        event
+            .attributes
+            .insert("url".into(), without_query(&record.url));
         event
             .attributes
             .insert("event_types".into(), record.event_types.join(" "));
@@ -450,7 +508,9 @@ impl NotificationService for NotificationServer {
             "webhook_endpoint.deleted",
             &format!("webhook-endpoints/{}", record.id),
         );
-        event.attributes.insert("url".into(), record.url.clone());
+        event
+            .attributes
+            .insert("url".into(), without_query(&record.url));
         let mut writes = vec![Write::Delete {
             pk: crate::webhooks::endpoint_pk(&record.id),
             sk: "endpoint".into(),
@@ -518,6 +578,13 @@ impl NotificationService for NotificationServer {
             .delivery(&endpoint.id, delivery_id)
             .await?
             .ok_or_else(|| Status::not_found("delivery not found"))?;
+        if log.state == DeliveryState::Pending as i32 {
+            return Err(ordermesh_platform::status::with_reason(
+                tonic::Code::FailedPrecondition,
+                "DELIVERY_PENDING",
+                "the delivery is still being attempted; re-send it once it has succeeded or failed",
+            ));
+        }
         log.state = DeliveryState::Pending as i32;
         log.update_ms = ordermesh_platform::clock::unix_millis();
         let mut writes = vec![
@@ -525,11 +592,8 @@ impl NotificationService for NotificationServer {
                 NewItem::new(log_pk(&endpoint.id), log.id.clone(), log.encode_to_vec()),
                 Condition::Version(log_version),
             ),
-            // A fresh round of attempts, due now (replacing one still queued).
-            match enqueue(&endpoint.id, &log.id, 0) {
-                Write::Put { item, .. } => Write::put(item, Condition::None),
-                other => other,
-            },
+            // A fresh round of attempts, due now.
+            enqueue(&endpoint.id, &log.id, 0),
         ];
         if endpoint.disabled {
             endpoint.disabled = false;

@@ -10,7 +10,9 @@
 use ordermesh_contracts::notification::{
     Category, ChannelPreferences, EmailState, Notification, NotificationPreferences,
 };
-use ordermesh_platform::store::{Condition, Cursor, NewItem, Query, StoreError, Table, Write};
+use ordermesh_platform::store::{
+    Condition, Cursor, KeyRange, NewItem, Query, StoreError, Table, Write,
+};
 use prost::Message;
 
 /// A notification as stored.
@@ -21,6 +23,10 @@ pub struct Stored {
     /// Shown in the app (the user has not turned in-app off for its category).
     #[prost(bool, tag = "2")]
     pub in_app: bool,
+    /// When notification-service took it in (unix ms): the live stream follows arrivals, not
+    /// event times, since events from different services arrive in any order.
+    #[prost(int64, tag = "3")]
+    pub arrived_ms: i64,
 }
 
 /// Preferences as stored: what the user turned off, so a new user has everything on.
@@ -57,6 +63,18 @@ pub fn inbox_pk(user_id: &str) -> String {
     format!("inbox#{user_id}")
 }
 
+fn arrivals_pk(user_id: &str) -> String {
+    format!("arrivals#{user_id}")
+}
+
+/// A notification's item: keyed by its id in the user's inbox, indexed by arrival.
+fn inbox_item(user_id: &str, id: &str, stored: &Stored) -> NewItem {
+    NewItem::new(inbox_pk(user_id), id, stored.encode_to_vec()).with_index(
+        arrivals_pk(user_id),
+        format!("{:013}#{id}", stored.arrived_ms.max(0)),
+    )
+}
+
 fn prefs_pk(user_id: &str) -> String {
     format!("prefs#{user_id}")
 }
@@ -82,10 +100,12 @@ impl Inbox {
             .as_ref()
             .map(|n| n.name.trim_start_matches("notifications/").to_string())
             .unwrap_or_default();
-        Write::put(
-            NewItem::new(inbox_pk(user_id), id, stored.encode_to_vec()),
-            Condition::NotExists,
-        )
+        Write::put(inbox_item(user_id, &id, stored), Condition::NotExists)
+    }
+
+    /// The write that stores a changed notification if it is still at `version`.
+    pub fn replace(user_id: &str, id: &str, stored: &Stored, version: u64) -> Write {
+        Write::put(inbox_item(user_id, id, stored), Condition::Version(version))
     }
 
     pub async fn get(&self, user_id: &str, id: &str) -> Result<Option<(Stored, u64)>, InboxError> {
@@ -110,8 +130,11 @@ impl Inbox {
             if !change(&mut stored) {
                 return Ok(false);
             }
-            let item = NewItem::new(inbox_pk(user_id), id, stored.encode_to_vec());
-            match self.table.put(item, Condition::Version(version)).await {
+            match self
+                .table
+                .write(vec![Self::replace(user_id, id, &stored, version)])
+                .await
+            {
                 Ok(_) => return Ok(true),
                 Err(e) if e.is_condition_failed() => continue,
                 Err(e) => return Err(e.into()),
@@ -141,44 +164,28 @@ impl Inbox {
             .await
     }
 
-    /// Notifications newer than `after` (a notification id), oldest first, each with its id;
-    /// `None` for one that is not shown in the app.
-    pub async fn newer_than(
+    /// Notifications that arrived from `from_ms` on (by arrival, oldest first), each with
+    /// its arrival key (`{arrived_ms:013}#{id}`); `None` for one not shown in the app.
+    pub async fn arrived_since(
         &self,
         user_id: &str,
-        after: &str,
+        from_ms: i64,
         limit: usize,
     ) -> Result<Vec<(String, Option<Notification>)>, InboxError> {
-        let mut query = Query::partition(inbox_pk(user_id)).limit(limit);
-        if !after.is_empty() {
-            query = query.after(Some(Cursor {
-                pk: inbox_pk(user_id),
-                sk: after.to_string(),
-                ipk: None,
-                isk: None,
-            }));
-        }
-        let page = self.table.query(query).await?;
+        let query = Query::partition(arrivals_pk(user_id))
+            .range(KeyRange::Between(
+                format!("{:013}", from_ms.max(0)),
+                "~".to_string(),
+            ))
+            .limit(limit);
+        let page = self.table.query_index(query).await?;
         let mut out = Vec::with_capacity(page.items.len());
         for item in page.items {
+            let key = item.index.map(|i| i.sk).unwrap_or_default();
             let stored = Stored::decode(item.data.as_ref())?;
-            out.push((item.sk, stored.notification.filter(|_| stored.in_app)));
+            out.push((key, stored.notification.filter(|_| stored.in_app)));
         }
         Ok(out)
-    }
-
-    /// The id of the user's newest notification ("" when none).
-    pub async fn newest_id(&self, user_id: &str) -> Result<String, InboxError> {
-        let page = self
-            .table
-            .query(Query::partition(inbox_pk(user_id)).descending().limit(1))
-            .await?;
-        Ok(page
-            .items
-            .into_iter()
-            .next()
-            .map(|i| i.sk)
-            .unwrap_or_default())
     }
 
     /// Every unread notification id of the user (up to `limit`).

@@ -21,12 +21,11 @@ use prost::Message;
 use tokio::sync::Notify;
 
 use crate::delivery_metrics::DeliveryMetrics;
-use crate::leased_queue::{LeasedQueue, Worker, backoff};
+use crate::leased_queue::{LeasedQueue, Worker, backoff, requeue as requeue_item, take};
 use crate::webhooks::{
-    DeliveryRecord, QUEUE_PARTITIONS, QueuedDelivery, Webhooks, check_url, is_public, log_pk, sign,
+    DeliveryRecord, HOOK_QUEUE, QUEUE_PARTITIONS, QueuedDelivery, Webhooks, check_url, is_public,
+    log_pk, sign,
 };
-
-pub const HOOK_QUEUE: &str = "hook";
 
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -113,6 +112,8 @@ impl WebhookSender {
     ) -> Result<LeasedQueue<Self>, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would resolve names itself, past the resolver.
+            .no_proxy()
             .timeout(settings.timeout)
             .user_agent("ordermesh-webhooks/1")
             .dns_resolver(Arc::new(PublicOnly {
@@ -163,7 +164,10 @@ impl WebhookSender {
                 status: res.status().as_u16(),
                 error: format!("the endpoint answered {}", res.status()),
             },
-            Err(e) => failed(format!("{e}")),
+            // One text for every failure to connect: the owner reads it, and it must not tell
+            // an internal name that exists from one that does not.
+            Err(e) if e.is_timeout() => failed("the endpoint did not answer in time".into()),
+            Err(_) => failed("the endpoint could not be reached".into()),
         }
     }
 
@@ -230,17 +234,10 @@ impl WebhookSender {
             ),
             Condition::Version(log_version),
         )];
-        writes.push(match requeue {
-            Some(q) => Write::put(
-                NewItem::new(item.pk.clone(), item.sk.clone(), q.encode_to_vec()),
-                Condition::Version(item.version),
-            ),
-            None => Write::Delete {
-                pk: item.pk.clone(),
-                sk: item.sk.clone(),
-                condition: Condition::Version(item.version),
-            },
-        });
+        match requeue {
+            Some(q) => writes.extend(requeue_item(item, q.not_before_ms, q.encode_to_vec())),
+            None => writes.push(take(item)),
+        }
         match self.webhooks.table().write(writes).await {
             // Another replica or a re-send moved it meanwhile: theirs stands.
             Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
@@ -252,23 +249,18 @@ impl WebhookSender {
 impl Worker for WebhookSender {
     type Error = SendError;
 
-    async fn attempt(&self, item: &Item) -> Result<Option<i64>, SendError> {
+    async fn attempt(&self, item: &Item) -> Result<(), SendError> {
         let mut queued = QueuedDelivery::decode(item.data.as_ref())?;
-        if queued.not_before_ms > unix_millis() {
-            return Ok(Some(queued.not_before_ms));
-        }
-        let drop_item = || Write::Delete {
-            pk: item.pk.clone(),
-            sk: item.sk.clone(),
-            condition: Condition::Version(item.version),
-        };
-        let Some((mut log, log_version)) = self
+        let delivery = self
             .webhooks
             .delivery(&queued.endpoint_id, &queued.delivery_id)
-            .await?
+            .await?;
+        // Gone, or settled by another round: nothing to send.
+        let Some((mut log, log_version)) =
+            delivery.filter(|(d, _)| d.state == DeliveryState::Pending as i32)
         else {
-            self.webhooks.table().write(vec![drop_item()]).await.ok();
-            return Ok(None);
+            self.webhooks.table().write(vec![take(item)]).await.ok();
+            return Ok(());
         };
         let endpoint = self.webhooks.endpoint(&queued.endpoint_id).await?;
         let endpoint = match endpoint {
@@ -282,7 +274,7 @@ impl Worker for WebhookSender {
                 }
                 .into();
                 self.settle(item, log, log_version, None).await?;
-                return Ok(None);
+                return Ok(());
             }
         };
         let outcome = self
@@ -298,7 +290,7 @@ impl Worker for WebhookSender {
                 self.settle(item, log, log_version, None).await?;
                 self.count(&endpoint.id, true).await?;
                 self.metrics.webhook("delivered");
-                Ok(None)
+                Ok(())
             }
             Outcome::Failed { status, error } => {
                 log.last_status_code = i32::from(status);
@@ -308,7 +300,7 @@ impl Worker for WebhookSender {
                     self.metrics.webhook("failed");
                     log.state = DeliveryState::Failed as i32;
                     self.settle(item, log, log_version, None).await?;
-                    return Ok(None);
+                    return Ok(());
                 }
                 self.metrics.webhook("retried");
                 let delay = backoff(
@@ -317,9 +309,8 @@ impl Worker for WebhookSender {
                     queued.attempts as u32,
                 );
                 queued.not_before_ms = unix_millis() + delay.as_millis() as i64;
-                let due = queued.not_before_ms;
                 self.settle(item, log, log_version, Some(queued)).await?;
-                Ok(Some(due))
+                Ok(())
             }
         }
     }

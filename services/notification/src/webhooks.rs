@@ -17,7 +17,6 @@ use hmac::{Hmac, Mac};
 use ordermesh_contracts::audit::AuditEvent;
 use ordermesh_contracts::notification::{DeliveryState, WebhookDelivery, WebhookEndpoint};
 use ordermesh_platform::clock::unix_millis;
-use ordermesh_platform::outbox::spread;
 use ordermesh_platform::store::{Condition, Cursor, NewItem, Query, StoreError, Table, Write};
 use prost::Message;
 use rand::RngCore;
@@ -110,9 +109,8 @@ pub fn log_pk(endpoint_id: &str) -> String {
     format!("deliveries#{endpoint_id}")
 }
 
-pub fn queue_pk(partition: u32) -> String {
-    format!("hook#{partition}")
-}
+/// The webhook delivery queue (see [`crate::leased_queue`]).
+pub const HOOK_QUEUE: &str = "hook";
 
 fn ts(ms: i64) -> Option<prost_types::Timestamp> {
     (ms > 0).then(|| prost_types::Timestamp {
@@ -167,7 +165,7 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<reqwest::Url, String>
         {
             return Err("must not point at a private, loopback or link-local address".into());
         }
-        let lower = host.to_ascii_lowercase();
+        let lower = host.trim_end_matches('.').to_ascii_lowercase();
         if lower == "localhost"
             || lower.ends_with(".localhost")
             || lower.ends_with(".local")
@@ -204,13 +202,28 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            // Forms that carry an IPv4 address: judged by that address.
+            let embedded_v4 = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            if s[..6] == [0, 0, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4])
+            {
+                // IPv4-compatible ::a.b.c.d and NAT64 64:ff9b::a.b.c.d.
+                return is_public(IpAddr::V4(embedded_v4(s[6], s[7])));
+            }
+            if s[0] == 0x2002 {
+                // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
+                return is_public(IpAddr::V4(embedded_v4(s[1], s[2])));
+            }
+            let first = s[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first & 0xffc0) == 0xfec0
+                || first == 0x2001 && s[1] == 0x0db8)
         }
     }
 }
@@ -251,7 +264,6 @@ pub fn payload(event: &AuditEvent) -> String {
         "data": {
             "id": event.id,
             "resource": event.resource,
-            "actor": event.actor,
             "attributes": attributes,
         }
     })
@@ -271,6 +283,8 @@ pub enum WebhookError {
         field: &'static str,
         description: String,
     },
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 /// The endpoints registry and delivery log.
@@ -325,10 +339,9 @@ impl Webhooks {
             return Err(invalid("description", "contains control characters".into()));
         }
         if self.endpoints_of(owner_id).await?.len() >= MAX_ENDPOINTS {
-            return Err(invalid(
-                "url",
-                format!("the account has {MAX_ENDPOINTS} endpoints already; delete one first"),
-            ));
+            return Err(WebhookError::LimitReached(format!(
+                "the account has {MAX_ENDPOINTS} endpoints already; delete one first"
+            )));
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let record = EndpointRecord {
@@ -353,7 +366,8 @@ impl Webhooks {
     pub async fn endpoints_of(&self, owner_id: &str) -> Result<Vec<EndpointRecord>, WebhookError> {
         let page = self
             .table
-            .query_index(Query::partition(owner_index(owner_id)).limit(MAX_ENDPOINTS * 2))
+            // Well past the limit, which concurrent creates can overshoot a little.
+            .query_index(Query::partition(owner_index(owner_id)).limit(100))
             .await?;
         page.items
             .iter()
@@ -481,13 +495,12 @@ pub fn enqueue(endpoint_id: &str, delivery_id: &str, not_before_ms: i64) -> Writ
         attempts: 0,
         not_before_ms,
     };
-    Write::put(
-        NewItem::new(
-            queue_pk(spread(&key, QUEUE_PARTITIONS)),
-            key,
-            queued.encode_to_vec(),
-        ),
-        Condition::NotExists,
+    crate::leased_queue::enqueue(
+        HOOK_QUEUE,
+        QUEUE_PARTITIONS,
+        &key,
+        not_before_ms,
+        queued.encode_to_vec(),
     )
 }
 
@@ -508,6 +521,13 @@ mod tests {
             "https://localhost/hook",
             "https://payment-service/hook",
             "https://user-service.ordermesh.svc.cluster.local/hook",
+            "https://user-service.ordermesh.svc.cluster.local./hook",
+            "https://[64:ff9b::a00:1]/hook",
+            "https://[2002:a00:1::1]/hook",
+            "https://[::127.0.0.1]/hook",
+            "https://[fec0::1]/hook",
+            "https://2130706433/hook",
+            "https://0x7f.0.0.1/hook",
             "https://user:pw@example.com/hook",
             "ftp://example.com/hook",
             "not a url",

@@ -182,10 +182,9 @@ impl ApiKeys {
             .query_index(Query::partition(owner_index(&owner_id)).limit(MAX_KEYS))
             .await?;
         if existing.items.len() >= MAX_KEYS {
-            return Err(UserError::invalid(
-                "owner",
-                format!("holds {MAX_KEYS} keys already; revoke one first"),
-            ));
+            return Err(UserError::LimitReached(format!(
+                "the account holds {MAX_KEYS} API keys already; revoke one first"
+            )));
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let secret = new_secret();

@@ -23,6 +23,9 @@ pub enum UserError {
     NotFound,
     #[error("API key not found")]
     ApiKeyNotFound,
+    /// A per-account limit (API keys held).
+    #[error("{0}")]
+    LimitReached(String),
     #[error("the session changed while refreshing; try again")]
     Raced,
     #[error("{0}")]

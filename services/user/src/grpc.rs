@@ -20,6 +20,7 @@ use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::status::{invalid, retry_later};
 use ordermesh_platform::user_context::{ROLE_ADMIN, ROLE_USER, UserContext};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::accounts::Accounts;
 use crate::api_keys::{ApiKeys, NewKey, Requester};
@@ -52,6 +53,11 @@ impl From<UserError> for Status {
             }
             UserError::NotFound | UserError::ApiKeyNotFound => Status::not_found(e.to_string()),
             UserError::Raced => Status::aborted(e.to_string()),
+            UserError::LimitReached(what) => ordermesh_platform::status::with_reason(
+                tonic::Code::FailedPrecondition,
+                "LIMIT_REACHED",
+                what,
+            ),
             UserError::Internal(what) => Status::internal(what),
             UserError::ShuttingDown => Status::unavailable(e.to_string()),
             UserError::Store(s) => s.into(),
@@ -200,9 +206,18 @@ impl UserService for UserServer {
         &self,
         request: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<RequestPasswordResetResponse>, Status> {
-        self.accounts
-            .request_password_reset(&request.into_inner().email)
-            .await?;
+        // Answered before any work is done, so the time taken does not tell whether the
+        // address has an account; the work (a read, and for an account a write) follows.
+        let accounts = self.accounts.clone();
+        let email = request.into_inner().email;
+        tokio::spawn(
+            async move {
+                if let Err(e) = accounts.request_password_reset(&email).await {
+                    tracing::warn!(error = %e, "password reset request not recorded");
+                }
+            }
+            .in_current_span(),
+        );
         Ok(Response::new(RequestPasswordResetResponse {}))
     }
 
