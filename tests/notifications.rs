@@ -30,6 +30,8 @@ struct NotifyMesh {
     gateway: RunningGateway,
     smtp: SmtpServer,
     notification_addr: SocketAddr,
+    /// notification-service's store: embedded, or DynamoDB (moto).
+    notification_store: StoreConfig,
     upstreams: Upstreams,
     dirs: Vec<tempfile::TempDir>,
 }
@@ -40,8 +42,16 @@ fn at(a: SocketAddr) -> String {
 
 impl NotifyMesh {
     async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// With notification-service on `store` (`None`: an embedded store).
+    async fn start_on(store: Option<StoreConfig>) -> Self {
         let certs = TestCerts::new();
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let notification_store = store.unwrap_or_else(|| StoreConfig::Embedded {
+            data_dir: dirs[3].path().to_path_buf(),
+        });
         let smtp = SmtpServer::start();
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let audit = RunningService::start(Role::Audit, &certs, dirs[0].path()).await;
@@ -88,6 +98,7 @@ impl NotifyMesh {
             gateway,
             smtp,
             notification_addr,
+            notification_store,
             upstreams,
             dirs,
         };
@@ -100,9 +111,7 @@ impl NotifyMesh {
         let mut config = service_config(
             Role::Notification,
             &self.certs,
-            StoreConfig::Embedded {
-                data_dir: self.dirs[3].path().to_path_buf(),
-            },
+            self.notification_store.clone(),
             self.notification_addr,
             self.upstreams.clone(),
         );
@@ -603,5 +612,85 @@ async fn webhooks_are_signed_retried_logged_and_resent() {
     wait_for_notification(&dana, |n| n["body"].as_str().unwrap().contains("3.00 EUR")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.received().len(), before, "nothing after deletion");
+    mesh.stop().await;
+}
+
+/// The same service on DynamoDB (moto), as clusters run it: notifications, the email and
+/// webhook queues, preferences and the live stream over the real backend's conditional
+/// writes, index queries and ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_dynamodb_events_reach_email_app_stream_and_webhooks_once() {
+    let store = ordermesh_tests::stores::dynamo_config();
+    store.create_tables().await.expect("create tables");
+    let mesh = NotifyMesh::start_on(Some(store)).await;
+    let receiver = WebhookReceiver::start();
+    let eve = mesh.gateway.new_user("eve@example.com").await;
+    let res = eve
+        .post(
+            "/v1/webhook-endpoints",
+            json!({"url": receiver.url, "eventTypes": ["payment.deposited"]}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    receiver.set_secret(res.json()["secret"].as_str().unwrap());
+    let auth = format!("Bearer {}", eve.token.clone().unwrap());
+    let mut stream = StreamingResponse::get(
+        mesh.gateway.addr,
+        "/v1/notifications:stream",
+        &[("authorization", &auth), ("accept", "text/event-stream")],
+    )
+    .await;
+    receiver.fail_next(1);
+
+    deposit(&eve, "dy1", "4200").await;
+    mesh.smtp
+        .wait_for(Duration::from_secs(30), |m| {
+            to("eve@example.com")(m) && m.text.contains("42.00 EUR")
+        })
+        .await;
+    stream
+        .read_until(Duration::from_secs(30), |r| {
+            String::from_utf8_lossy(&r.body).contains("42.00 EUR")
+        })
+        .await;
+    receiver
+        .wait_until(Duration::from_secs(30), |r| {
+            r.iter().any(|x| x.status == 200 && x.verified)
+        })
+        .await;
+    let n = wait_for_notification(&eve, |n| n["emailState"] == "EMAIL_STATE_SENT").await;
+    assert_eq!(n["title"], "Deposit received");
+    let res = eve
+        .post("/v1/notifications:markRead", json!({"all": true}))
+        .await;
+    assert_eq!(res.json()["marked"], 1, "{}", res.text());
+    let res = eve
+        .call(
+            "PATCH",
+            "/v1/users/me/notification-preferences",
+            Some(json!({"payments": {"inApp": false}})),
+        )
+        .await;
+    assert_eq!(
+        res.json()["payments"],
+        json!({"email": true, "inApp": false})
+    );
+
+    // Exactly once each, retries included.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = receiver.received();
+    assert_eq!(
+        got.iter().filter(|r| r.status == 200).count(),
+        1,
+        "{got:#?}"
+    );
+    assert!(got.iter().all(|r| r.id == got[0].id));
+    let mails = mesh
+        .smtp
+        .messages()
+        .into_iter()
+        .filter(|m| to("eve@example.com")(m))
+        .count();
+    assert_eq!(mails, 1);
     mesh.stop().await;
 }
