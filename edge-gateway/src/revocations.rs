@@ -33,11 +33,6 @@ pub struct RevocationList {
 
 use ordermesh_platform::clock::unix_millis as now_ms;
 
-fn millis(ts: &Option<prost_types::Timestamp>) -> i64 {
-    ts.as_ref()
-        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-}
-
 /// When a token was issued, to the millisecond: from its UUIDv7 `jti` when it has one (the
 /// `iat` claim has whole seconds only, and a role change and a new token often share one).
 fn issued_ms(claims: &AccessClaims) -> i64 {
@@ -65,7 +60,7 @@ impl RevocationList {
     pub fn apply(&self, revocations: &[Revocation], cursor: String) {
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
         for r in revocations {
-            let at = millis(&r.time);
+            let at = ordermesh_platform::clock::millis_of(r.time.as_ref());
             match Kind::try_from(r.kind) {
                 Ok(Kind::Session) => {
                     known.sessions.insert(r.subject.clone(), at);

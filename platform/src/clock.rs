@@ -22,6 +22,21 @@ pub fn timestamp() -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::now())
 }
 
+/// Unix milliseconds as a protobuf timestamp; `None` for 0 or less (a time never set).
+pub fn timestamp_from_millis(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms > 0).then(|| prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+/// A protobuf timestamp in unix milliseconds (0 when unset).
+pub fn millis_of(ts: Option<&prost_types::Timestamp>) -> i64 {
+    ts.map_or(0, |t| {
+        t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +46,14 @@ mod tests {
         let (s, ms, ts) = (unix_seconds(), unix_millis(), timestamp());
         assert!((ms / 1000 - s).abs() <= 1);
         assert!((ts.seconds - s).abs() <= 1);
+    }
+
+    #[test]
+    fn milliseconds_and_timestamps_round_trip() {
+        let ts = timestamp_from_millis(1_700_000_000_123).unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+        assert_eq!(millis_of(Some(&ts)), 1_700_000_000_123);
+        assert_eq!(timestamp_from_millis(0), None);
+        assert_eq!(millis_of(None), 0);
     }
 }

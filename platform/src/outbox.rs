@@ -316,11 +316,6 @@ pub async fn pending_count(table: &Table) -> Result<usize, StoreError> {
     pending_in(table, AUDIT_PREFIX).await
 }
 
-/// How many events are waiting for notification-service.
-pub async fn pending_notification_count(table: &Table) -> Result<usize, StoreError> {
-    pending_in(table, NOTIFICATION_PREFIX).await
-}
-
 async fn pending_in(table: &Table, prefix: &str) -> Result<usize, StoreError> {
     let mut n = 0;
     for index in 0..PARTITIONS {

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use ordermesh_contracts::notification::EmailState;
 use ordermesh_platform::clock::unix_millis;
 use ordermesh_platform::identity::workloads;
-use ordermesh_platform::store::{Item, Query, StoreError, Table, Write};
+use ordermesh_platform::store::{Item, StoreError, Write};
 use prost::Message;
 use tokio::sync::Notify;
 
 use crate::delivery_metrics::DeliveryMetrics;
 use crate::inbox::{Inbox, InboxError, Stored};
 use crate::leased_queue::{
-    LeasedQueue, Worker, backoff, enqueue as enqueue_item, id_of, partition_key, requeue, take,
+    LeasedQueue, Worker, backoff, enqueue as enqueue_item, id_of, requeue, take,
 };
 use crate::mail::{Mailer, Rendered};
 
@@ -48,10 +48,6 @@ pub struct QueuedEmail {
 
 const MAIL_QUEUE: &str = "mail";
 
-fn mail_pk(partition: u32) -> String {
-    partition_key(MAIL_QUEUE, partition)
-}
-
 /// The write that queues notification `id`'s email; put it in the notification's batch.
 pub fn enqueue(id: &str, user_id: &str, to: &str, email: Rendered) -> Write {
     let queued = QueuedEmail {
@@ -63,19 +59,6 @@ pub fn enqueue(id: &str, user_id: &str, to: &str, email: Rendered) -> Write {
         ..Default::default()
     };
     enqueue_item(MAIL_QUEUE, MAIL_PARTITIONS, id, 0, queued.encode_to_vec())
-}
-
-/// How many emails are queued (tests, operators).
-pub async fn queued_count(table: &Table) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for p in 0..MAIL_PARTITIONS {
-        n += table
-            .query(Query::partition(mail_pk(p)).limit(1000))
-            .await?
-            .items
-            .len();
-    }
-    Ok(n)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -69,6 +69,22 @@ const CONTACT_DEADLINE: Duration = Duration::from_secs(5);
 /// Notifications one "mark all" call marks; `marked` tells the caller to call again.
 const MAX_MARKED_ALL: usize = 500;
 
+/// The page a list request asks for: its size (defaulted, capped) and where it resumes. A
+/// token is taken only for the partition it was issued for, so one user's token never reads
+/// another's list.
+fn page(size: i32, token: &str, partition: &str) -> Result<(usize, Option<Cursor>), Status> {
+    let refused = || invalid("page_token", "is not a token this service issued");
+    let size = match size {
+        n if n <= 0 => DEFAULT_PAGE,
+        n => (n as usize).min(MAX_PAGE),
+    };
+    let cursor = Cursor::from_page_token(token).map_err(|_| refused())?;
+    if cursor.as_ref().is_some_and(|c| c.pk != partition) {
+        return Err(refused());
+    }
+    Ok((size, cursor))
+}
+
 /// A store error as the caller sees it: a page token we did not issue is their mistake.
 fn store_status(e: StoreError) -> Status {
     match e {
@@ -324,18 +340,11 @@ impl NotificationService for NotificationServer {
     ) -> Result<Response<ListNotificationsResponse>, Status> {
         let user = UserContext::require(&request)?;
         let req = request.into_inner();
-        let size = match req.page_size {
-            n if n <= 0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
-        };
-        let cursor = Cursor::from_page_token(&req.page_token)
-            .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
-        if cursor
-            .as_ref()
-            .is_some_and(|c| c.pk != crate::inbox::inbox_pk(&user.user_id))
-        {
-            return Err(invalid("page_token", "is not a token this service issued"));
-        }
+        let (size, cursor) = page(
+            req.page_size,
+            &req.page_token,
+            &crate::inbox::inbox_pk(&user.user_id),
+        )?;
         let (notifications, next) = self
             .inbox
             .list(&user.user_id, size, cursor, req.unread_only)
@@ -537,18 +546,7 @@ impl NotificationService for NotificationServer {
         let user = UserContext::require(&request)?;
         let req = request.into_inner();
         let (endpoint, _) = self.webhooks.owned(&user.user_id, &req.parent).await?;
-        let size = match req.page_size {
-            n if n <= 0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
-        };
-        let cursor = Cursor::from_page_token(&req.page_token)
-            .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
-        if cursor
-            .as_ref()
-            .is_some_and(|c| c.pk != log_pk(&endpoint.id))
-        {
-            return Err(invalid("page_token", "is not a token this service issued"));
-        }
+        let (size, cursor) = page(req.page_size, &req.page_token, &log_pk(&endpoint.id))?;
         let (deliveries, next) = self.webhooks.deliveries(&endpoint.id, size, cursor).await?;
         Ok(Response::new(ListWebhookDeliveriesResponse {
             deliveries,

@@ -47,7 +47,7 @@ pub struct LeasedQueue<W> {
 }
 
 /// The partition key of partition `index` of queue `name`.
-pub fn partition_key(name: &str, index: u32) -> String {
+fn partition_key(name: &str, index: u32) -> String {
     format!("{name}#{index}")
 }
 

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use ordermesh_contracts::audit::AuditEvent;
 use ordermesh_contracts::notification::{DeliveryState, WebhookDelivery, WebhookEndpoint};
-use ordermesh_platform::clock::unix_millis;
+use ordermesh_platform::clock::{timestamp_from_millis, unix_millis};
 use ordermesh_platform::store::{Condition, Cursor, NewItem, Query, StoreError, Table, Write};
 use prost::Message;
 use rand::RngCore;
@@ -112,20 +112,13 @@ pub fn log_pk(endpoint_id: &str) -> String {
 /// The webhook delivery queue (see [`crate::leased_queue`]).
 pub const HOOK_QUEUE: &str = "hook";
 
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    (ms > 0).then(|| prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
-}
-
 pub fn endpoint_proto(r: &EndpointRecord) -> WebhookEndpoint {
     WebhookEndpoint {
         name: format!("webhook-endpoints/{}", r.id),
         url: r.url.clone(),
         event_types: r.event_types.clone(),
         description: r.description.clone(),
-        create_time: ts(r.create_ms),
+        create_time: timestamp_from_millis(r.create_ms),
         disabled: r.disabled,
         consecutive_failures: r.consecutive_failures,
     }
@@ -139,8 +132,8 @@ pub fn delivery_proto(r: &DeliveryRecord) -> WebhookDelivery {
         attempts: r.attempts,
         last_status_code: r.last_status_code,
         last_error: r.last_error.clone(),
-        create_time: ts(r.create_ms),
-        update_time: ts(r.update_ms),
+        create_time: timestamp_from_millis(r.create_ms),
+        update_time: timestamp_from_millis(r.update_ms),
         payload: r.payload.clone(),
     }
 }
@@ -300,10 +293,6 @@ impl Webhooks {
             table,
             allow_private,
         }
-    }
-
-    pub fn allow_private(&self) -> bool {
-        self.allow_private
     }
 
     pub fn table(&self) -> &Table {

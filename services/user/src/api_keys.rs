@@ -8,7 +8,7 @@ use std::time::Duration;
 use ordermesh_contracts::api_key_scopes::{self, ADMIN_SCOPE};
 use ordermesh_contracts::user::revocation::Kind;
 use ordermesh_contracts::user::{ApiKey, VerifiedApiKey};
-use ordermesh_platform::clock::unix_millis;
+use ordermesh_platform::clock::{timestamp_from_millis, unix_millis};
 use ordermesh_platform::outbox::Outbox;
 use ordermesh_platform::status::Violations;
 use ordermesh_platform::store::{Condition, NewItem, Query, Table, Write};
@@ -55,13 +55,6 @@ fn owner_index(owner: &str) -> String {
     format!("apikeys#{owner}")
 }
 
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    (ms > 0).then(|| prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
-}
-
 fn to_proto(r: &ApiKeyRecord) -> ApiKey {
     ApiKey {
         name: format!("api-keys/{}", r.id),
@@ -69,9 +62,9 @@ fn to_proto(r: &ApiKeyRecord) -> ApiKey {
         prefix: format!("{PREFIX}{}", r.id),
         scopes: r.scopes.clone(),
         owner: format!("users/{}", r.owner_id),
-        create_time: ts(r.create_ms),
-        last_use_time: ts(r.last_use_ms),
-        expire_time: ts(r.expire_ms),
+        create_time: timestamp_from_millis(r.create_ms),
+        last_use_time: timestamp_from_millis(r.last_use_ms),
+        expire_time: timestamp_from_millis(r.expire_ms),
     }
 }
 
@@ -327,7 +320,7 @@ impl ApiKeys {
             user_id: record.owner_id.clone(),
             roles: owner.roles.clone(),
             scopes: record.scopes.clone(),
-            expire_time: ts(record.expire_ms),
+            expire_time: timestamp_from_millis(record.expire_ms),
         }))
     }
 }

@@ -239,9 +239,7 @@ impl UserService for UserServer {
         let user = UserContext::require(&request)?;
         let actor = actor_of(&request, Some(&user));
         let req = request.into_inner();
-        let expire_ms = req.expire_time.map_or(0, |t| {
-            t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
-        });
+        let expire_ms = ordermesh_platform::clock::millis_of(req.expire_time.as_ref());
         let (api_key, secret) = self
             .api_keys
             .create(
